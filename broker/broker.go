@@ -127,6 +127,12 @@ const hubClientID = "$fieldhub"
 // authTimeout bounds one token check against the registry.
 const authTimeout = 10 * time.Second
 
+// shutdownWriteTimeout bounds writing the DISCONNECT to a client at Stop.
+const shutdownWriteTimeout = 2 * time.Second
+
+// presenceGrace bounds Stop's final presence flush once its context ended.
+const presenceGrace = 5 * time.Second
+
 // Broker is the embedded MQTT broker. Create it with New, register
 // handlers and observers, then Start and finally Stop it.
 type Broker struct {
@@ -392,7 +398,7 @@ func (b *Broker) Stop(ctx context.Context) error {
 	closed := make(chan struct{})
 	go func() {
 		defer close(closed)
-		_ = b.srv.Close() // closes every listener (ours wait for nothing), then waits for mochi's client goroutines
+		_ = b.srv.Close() // closes every listener (ours wait for their connections), then stops mochi
 		for _, l := range lns {
 			l.wait()
 		}
@@ -416,10 +422,31 @@ func (b *Broker) Stop(ctx context.Context) error {
 	}
 	b.connMu.Unlock()
 	b.evMu.Unlock()
-	b.pres.close(ctx)
+	// Record the offline states even when ctx ran out waiting for
+	// handlers: a short grace, as registry writes take milliseconds.
+	fctx := ctx
+	if ctx.Err() != nil {
+		var cancel context.CancelFunc
+		fctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), presenceGrace)
+		defer cancel()
+	}
+	b.pres.close(fctx)
 	b.cancel()
 	b.log.Info("mqtt broker stopped")
 	return errors.Join(errs...)
+}
+
+// disconnectClients sends DISCONNECT 0x8B (server shutting down) to the
+// clients of one listener and closes them. A client that does not read
+// gets a bounded time for the write.
+func (b *Broker) disconnectClients(listener string) {
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Listener != listener || cl.Net.Conn == nil || cl.Closed() {
+			continue
+		}
+		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(shutdownWriteTimeout))
+		_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+	}
 }
 
 // Connected reports whether a device has an established session.

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -8,6 +9,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 func pahoClient(t *testing.T, url, id, token string) (paho.Client, error) {
@@ -135,5 +138,40 @@ func TestHandlerBlocksPuback(t *testing.T) {
 	close(release)
 	if id, code := pubackOf(t, rc.read()); id != 5 || code != 0 {
 		t.Fatalf("PUBACK id %d code %#x", id, code)
+	}
+}
+
+// TestStopCancelsBlockedHandler: when Stop's context ends while a handler
+// still holds a message, the handler's context is cancelled and Stop
+// returns (reporting the timeout) instead of hanging.
+func TestStopCancelsBlockedHandler(t *testing.T) {
+	reg, tokens := newRegistry(t, "dev-a")
+	entered := make(chan struct{})
+	b, err := New(Config{Addr: "127.0.0.1:0"}, Deps{Auth: reg, Presence: reg, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Handle(telemetry.TopicTelemetry, func(ctx context.Context, m Message) error {
+		close(entered)
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, b: b, reg: reg, tokens: tokens, addr: b.Addrs().TCP}
+	rc := e.rawDevice("dev-a", 4)
+	rc.write(publishPacket(4, "devices/dev-a/telemetry", []byte("x"), 1, 1, false))
+	<-entered
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := b.Stop(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Stop: %v, want the deadline reported", err)
+	}
+	if got := rc.closed(); len(got) != 0 {
+		t.Fatalf("client got %+v, want no PUBACK", got)
+	}
+	if device(t, reg, "dev-a").Online {
+		t.Fatal("online after Stop")
 	}
 }

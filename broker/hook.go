@@ -94,8 +94,23 @@ func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	// Outbound topic aliases would hide the topic from OnQosPublish (the
 	// Delivered observer) and cost memory per client; publish full names.
 	cl.Properties.Props.TopicAliasMaximum = 0
+	b.limitSendQuota(cl)
 	st.authed.Store(true)
 	return nil
+}
+
+// limitSendQuota turns off mochi's send quota where MaxInflight suffices.
+// The quota (the client's Receive Maximum) releases queued messages
+// through Inflight.NextImmediate, which takes a read lock twice and can
+// deadlock against a concurrent Publish to the client. When MaxInflight is
+// no larger than the client's Receive Maximum (mochi caps that at
+// MaxInflight anyway), MaxInflight alone keeps within the client's limit
+// [MQTT-3.3.4-7]. Called at CONNECT and again once a taken-over session's
+// inflight messages were inherited (mochi resets the quota there).
+func (b *Broker) limitSendQuota(cl *mqtt.Client) {
+	if rm := cl.Properties.Props.ReceiveMaximum; rm == 0 || rm >= b.cfg.MaxInflight {
+		cl.State.Inflight.ResetSendQuota(0)
+	}
 }
 
 type refusal struct{ v5, v3 packets.Code }
@@ -110,31 +125,33 @@ var (
 // authenticate applies ARCHITECTURE.md's rules: no anonymous access,
 // username = device id, password = token, client id = device id. It
 // returns the refusal and a metric reason, or "" to accept.
+// The decision itself is CheckDevice (acl.go), shared with the HTTP hook
+// for external brokers; this maps its reasons to CONNACK codes.
 func (b *Broker) authenticate(pk packets.Packet) (refusal, string) {
-	user, pass := string(pk.Connect.Username), string(pk.Connect.Password)
-	switch {
-	case !pk.Connect.UsernameFlag || user == "":
-		return refuseNotAuthorized, "anonymous"
-	case !pk.Connect.PasswordFlag || pass == "":
-		return refuseBadCredentials, "no_password"
-	case telemetry.ValidateDeviceID(user) != nil:
-		return refuseBadCredentials, "invalid_username"
-	case pk.Connect.ClientIdentifier != user:
-		// 3.1.1 requires return code 2 when the server rejects the client
-		// id [MQTT-3.1.3-9]; MQTT 5 has 0x85 for it.
-		return refuseClientID, "client_id_mismatch"
+	var user, pass string
+	if pk.Connect.UsernameFlag {
+		user = string(pk.Connect.Username)
+	}
+	if pk.Connect.PasswordFlag {
+		pass = string(pk.Connect.Password)
 	}
 	ctx, cancel := context.WithTimeout(b.ctx, authTimeout)
 	defer cancel()
-	ok, err := b.auth.AuthenticateDevice(ctx, user, pass)
-	if err != nil {
+	reason, err := CheckDevice(ctx, b.auth, pk.Connect.ClientIdentifier, user, pass)
+	switch {
+	case err != nil:
 		b.log.Error("device authentication failed", "id", user, "error", err)
 		return refuseUnavailable, "error"
+	case reason == "":
+		return refusal{}, ""
+	case reason == RefusedAnonymous:
+		return refuseNotAuthorized, reason
+	case reason == RefusedClientIDMismatch:
+		// 3.1.1 requires return code 2 when the server rejects the client
+		// id [MQTT-3.1.3-9]; MQTT 5 has 0x85 for it.
+		return refuseClientID, reason
 	}
-	if !ok {
-		return refuseBadCredentials, "bad_credentials"
-	}
-	return refusal{}, ""
+	return refuseBadCredentials, reason
 }
 
 // OnConnectAuthenticate accepts what OnConnect accepted (mochi asks after
@@ -193,6 +210,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	if cl.Net.Inline {
 		return
 	}
+	h.b.limitSendQuota(cl)
 	h.b.pres.touch(cl.ID, time.Now())
 	h.b.deviceOnline(cl)
 }
@@ -321,7 +339,7 @@ func (h *hook) OnPublishDropped(_ *mqtt.Client, _ packets.Packet) {
 // which are no publishes.
 func (h *hook) OnQosPublish(cl *mqtt.Client, pk packets.Packet, _ int64, _ int) {
 	b := h.b
-	if cl.Net.Inline || pk.FixedHeader.Type != packets.Publish || len(b.observers) == 0 {
+	if cl.Net.Inline || pk.FixedHeader.Type != packets.Publish {
 		return
 	}
 	b.delMu.Lock()
@@ -354,9 +372,6 @@ func (b *Broker) takeDelivery(cl *mqtt.Client, id uint16) (delivery, bool) {
 // broker's own PUBACKs of inbound publishes (whose packet ids are a
 // separate number space).
 func (b *Broker) acked(cl *mqtt.Client, pk packets.Packet) {
-	if len(b.observers) == 0 {
-		return
-	}
 	d, ok := b.takeDelivery(cl, pk.PacketID)
 	if !ok || pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
 		return

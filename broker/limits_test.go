@@ -6,6 +6,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -156,5 +157,29 @@ func TestConnackProperties(t *testing.T) {
 	}
 	if _, ok := ps[0x22]; ok {
 		t.Errorf("topic alias maximum announced: %x", ps[0x22])
+	}
+}
+
+// TestMaxClients: past MaxClients a CONNECT is refused (3.1.1: 3 server
+// unavailable, MQTT 5: 0x89 server busy); a reconnect of a connected
+// device is still possible after others leave.
+func TestMaxClients(t *testing.T) {
+	e := newEnv(t, Config{MaxClients: 1}, nil)
+	first := e.rawDevice("dev-a", 4)
+	for v, want := range map[byte]byte{4: 3, 5: 0x89} {
+		rc := dialRaw(t, e.addr, v)
+		if code := rc.connect(connectOpts{ClientID: "dev-b", User: strp("dev-b"), Pass: strp(e.tokens["dev-b"])}); code != want {
+			t.Fatalf("v%d: CONNACK %#x, want %#x", v, code, want)
+		}
+		rc.closed()
+	}
+	if got := e.counter(e.b.m.closed.WithLabelValues("max_clients")); got != 2 {
+		t.Fatalf("max_clients closes %v", got)
+	}
+	first.write([]byte{pDisconnect << 4, 0})
+	first.closed()
+	eventually(t, "slot free", func() bool { return atomic.LoadInt64(&e.b.srv.Info.ClientsConnected) == 0 })
+	if err := e.rawDevice("dev-b", 4).ping(); err != nil {
+		t.Fatal(err)
 	}
 }

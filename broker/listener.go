@@ -45,7 +45,10 @@ func stateOf(c net.Conn) *connState {
 
 // tracker remembers the live connections of one listener so Close can end
 // the ones mochi does not know yet (still before CONNECT) instead of
-// waiting for their deadline, and counts the goroutines serving them.
+// waiting for their deadline, and counts the goroutines that may call
+// mochi's EstablishConnection. Close waits for those: mochi's Server.Close
+// waits on a WaitGroup that EstablishConnection adds to, and an Add racing
+// that Wait is a WaitGroup misuse.
 type tracker struct {
 	mu     sync.Mutex
 	conns  map[*trackedConn]struct{}
@@ -53,9 +56,8 @@ type tracker struct {
 	wg     sync.WaitGroup
 }
 
-// add registers c; false once the tracker closed. The wait group counts
-// live connections: Close of a trackedConn releases it.
-func (t *tracker) add(c *trackedConn) bool {
+// track registers c; false once the tracker closed.
+func (t *tracker) track(c *trackedConn) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.closed {
@@ -65,9 +67,22 @@ func (t *tracker) add(c *trackedConn) bool {
 		t.conns = make(map[*trackedConn]struct{})
 	}
 	t.conns[c] = struct{}{}
+	return true
+}
+
+// acquire counts a goroutine about to serve a connection; false once the
+// tracker closed. release ends it.
+func (t *tracker) acquire() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
 	t.wg.Add(1)
 	return true
 }
+
+func (t *tracker) release() { t.wg.Done() }
 
 func (t *tracker) remove(c *trackedConn) {
 	t.mu.Lock()
@@ -75,7 +90,8 @@ func (t *tracker) remove(c *trackedConn) {
 	t.mu.Unlock()
 }
 
-// close ends every tracked connection and refuses new ones.
+// close refuses new connections, ends every tracked one and waits for the
+// goroutines serving them.
 func (t *tracker) close() {
 	t.mu.Lock()
 	t.closed = true
@@ -87,6 +103,7 @@ func (t *tracker) close() {
 	for _, c := range conns {
 		_ = c.Close()
 	}
+	t.wg.Wait()
 }
 
 // trackedConn is an accepted connection with a CONNECT deadline. mochi's
@@ -106,7 +123,6 @@ func (c *trackedConn) Close() error {
 	c.close.Do(func() {
 		err = c.Conn.Close()
 		c.t.remove(c)
-		c.t.wg.Done()
 	})
 	return err
 }
@@ -180,11 +196,12 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 			c = st.tls
 		}
 		tc := &trackedConn{Conn: c, t: &l.t, st: st}
-		if !l.t.add(tc) {
-			_ = raw.Close()
+		if !l.t.track(tc) || !l.t.acquire() {
+			_ = tc.Close()
 			return
 		}
 		go func() {
+			defer l.t.release()
 			err := establish(l.id, tc)
 			l.b.connectionClosed(st, err)
 			_ = tc.Close()
@@ -192,22 +209,22 @@ func (l *tcpListener) Serve(establish listeners.EstablishFn) {
 	})
 }
 
-// Close stops accepting, lets mochi disconnect its clients (DISCONNECT
-// 0x8B to MQTT 5 clients) and closes what is left.
-func (l *tcpListener) Close(closeClients listeners.CloseFn) {
+// Close stops accepting, disconnects the listener's clients (DISCONNECT
+// 0x8B to MQTT 5 clients), closes what is left and waits for the
+// connection goroutines. mochi's CloseFn is not used: its
+// Clients.GetByListener takes a read lock twice, which deadlocks when a
+// client connects or leaves in between.
+func (l *tcpListener) Close(listeners.CloseFn) {
 	l.closeOne.Do(func() {
 		l.closing.Store(true)
 		_ = l.ln.Close()
-		closeClients(l.id)
+		l.b.disconnectClients(l.id)
 		l.t.close()
 	})
 }
 
-// wait blocks until the accept loop and every connection goroutine ended.
-func (l *tcpListener) wait() {
-	l.serveWG.Wait()
-	l.t.wg.Wait()
-}
+// wait blocks until the accept loop ended (Close waited for the rest).
+func (l *tcpListener) wait() { l.serveWG.Wait() }
 
 // wsListener serves MQTT over WebSocket (subprotocol "mqtt") on "/mqtt"
 // and "/". Like mochi's listeners.Websocket, but on a listener the broker
@@ -244,6 +261,7 @@ func newWSListener(id string, ln net.Listener, b *Broker) *wsListener {
 	l.srv = &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: b.cfg.ConnectTimeout,
+		IdleTimeout:       b.cfg.ConnectTimeout, // for clients that never upgrade
 		ErrorLog:          slog.NewLogLogger(b.log.Handler(), slog.LevelDebug),
 	}
 	return l
@@ -265,10 +283,11 @@ func (l *wsListener) Serve(establish listeners.EstablishFn) {
 
 func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	est := l.establish.Load()
-	if est == nil || l.closing.Load() {
+	if est == nil || !l.t.acquire() {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
 	}
+	defer l.t.release()
 	ws, err := l.upgrader.Upgrade(w, r, nil) // writes the HTTP error itself
 	if err != nil {
 		l.b.m.closed.WithLabelValues("websocket_handshake").Inc()
@@ -286,19 +305,16 @@ func (l *wsListener) handle(w http.ResponseWriter, r *http.Request) {
 	_ = raw.Close()
 }
 
-func (l *wsListener) Close(closeClients listeners.CloseFn) {
+func (l *wsListener) Close(listeners.CloseFn) {
 	l.closeOne.Do(func() {
 		l.closing.Store(true)
 		_ = l.srv.Close() // closes the listener and connections not hijacked
-		closeClients(l.id)
+		l.b.disconnectClients(l.id)
 		l.t.close()
 	})
 }
 
-func (l *wsListener) wait() {
-	l.serveWG.Wait()
-	l.t.wg.Wait()
-}
+func (l *wsListener) wait() { l.serveWG.Wait() }
 
 // trackingListener gives the HTTP server tracked connections with the
 // CONNECT deadline already set (it covers the HTTP upgrade too).
@@ -315,7 +331,7 @@ func (tl *trackingListener) Accept() (net.Conn, error) {
 		}
 		_ = c.SetDeadline(time.Now().Add(tl.l.b.cfg.ConnectTimeout))
 		tc := &trackedConn{Conn: c, t: &tl.l.t, st: &connState{}}
-		if !tl.l.t.add(tc) {
+		if !tl.l.t.track(tc) {
 			_ = c.Close()
 			continue
 		}

@@ -3,7 +3,6 @@ package broker
 import (
 	"context"
 	"log/slog"
-	"maps"
 	"sync"
 	"time"
 )
@@ -180,11 +179,4 @@ func (p *presence) flushSeen(ctx context.Context) {
 		}
 	}
 	p.mu.Unlock()
-}
-
-// snapshotSeen is for tests.
-func (p *presence) snapshotSeen() map[string]time.Time {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return maps.Clone(p.seen)
 }

@@ -3,7 +3,9 @@ package broker
 import (
 	"context"
 	"encoding/binary"
+	"net"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -196,5 +198,90 @@ func TestStopMarksOffline(t *testing.T) {
 	}
 	if err := b.Stop(ctx); err != nil {
 		t.Errorf("second Stop: %v", err)
+	}
+}
+
+// TestDeliveredAfterReconnect: a QoS 1 command published while a device
+// with a persistent session is away is delivered when it comes back, and
+// Delivered fires on that PUBACK.
+func TestDeliveredAfterReconnect(t *testing.T) {
+	ev := &events{}
+	e := newEnv(t, Config{}, func(b *Broker) { b.AddObserver(ev) })
+	opts := connectOpts{ClientID: "dev-a", User: strp("dev-a"), Pass: strp(e.tokens["dev-a"]), NoCleanSession: true}
+	rc := dialRaw(t, e.addr, 4)
+	if code := rc.connect(opts); code != 0 {
+		t.Fatalf("connect %#x", code)
+	}
+	if codes := rc.subscribe(1, "devices/dev-a/commands/#"); codes[0] != 1 {
+		t.Fatalf("SUBACK %x", codes)
+	}
+	rc.c.Close()
+	eventually(t, "offline", func() bool { return !e.b.Connected("dev-a") })
+	if err := e.b.Publish("devices/dev-a/commands/reboot", []byte("while away"), PublishOptions{QoS: 1}); err != nil {
+		t.Fatal(err)
+	}
+	rc = dialRaw(t, e.addr, 4)
+	rc.write(connectPacket(4, opts))
+	p := rc.read()
+	if p.typ != pConnack || p.body[0] != 1 || p.body[1] != 0 {
+		t.Fatalf("CONNACK %x, want session present", p.body)
+	}
+	pub := rc.parsePublish(rc.read())
+	if string(pub.payload) != "while away" || pub.qos != 1 {
+		t.Fatalf("got %+v", pub)
+	}
+	if got := ev.with("delivered"); len(got) != 0 {
+		t.Fatalf("Delivered before PUBACK: %q", got)
+	}
+	rc.write([]byte{pPuback << 4, 2, byte(pub.id >> 8), byte(pub.id)})
+	eventually(t, "Delivered", func() bool {
+		return slices.Equal(ev.with("delivered"), []string{"delivered dev-a devices/dev-a/commands/reboot while away"})
+	})
+}
+
+// TestStopWhileClientsChurn: Stop completes while devices keep connecting
+// and leaving on two listeners (mochi's own listener shutdown could
+// deadlock here; see tcpListener.Close).
+func TestStopWhileClientsChurn(t *testing.T) {
+	reg, tokens := newRegistry(t, "dev-a", "dev-b", "dev-c")
+	b, err := New(Config{Addr: "127.0.0.1:0", TLS: TLSConfig{}, WSAddr: "127.0.0.1:0"}, Deps{Auth: reg, Presence: reg, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	addr := b.Addrs().TCP
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, id := range []string{"dev-a", "dev-b", "dev-c"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := net.DialTimeout("tcp", addr, time.Second)
+				if err != nil {
+					continue // listener closed
+				}
+				_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+				c.Write(connectPacket(4, connectOpts{ClientID: id, User: strp(id), Pass: strp(tokens[id]), KeepAlive: 60}))
+				c.Read(make([]byte, 4))
+				c.Close()
+			}
+		}()
+	}
+	time.Sleep(300 * time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	err = b.Stop(ctx)
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		t.Fatalf("Stop: %v", err)
 	}
 }

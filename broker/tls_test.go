@@ -17,10 +17,10 @@ import (
 )
 
 type pki struct {
-	dir                          string
-	ca, serverCert, serverKey    string
-	clientCert, clientKey        string
-	otherCA                      string
+	dir                       string
+	ca, serverCert, serverKey string
+	clientCert, clientKey     string
+	otherCA                   string
 }
 
 // newPKI writes a CA, a server certificate for 127.0.0.1 and a client

@@ -15,7 +15,8 @@ import (
 // reply recorded in the ledger) for 1,000 commands to 100 connected paho
 // devices that reply at once, in two patterns: a burst (each device's 10
 // commands sent back to back, all devices at once) and a closed loop (each
-// device has one command outstanding at a time). It prints the figures
+// device has one command outstanding at a time), then 100 commands one
+// at a time for the unloaded latency. It prints the figures
 // and asserts only that every command succeeded: no timing thresholds.
 func TestMeasureRoundTrip(t *testing.T) {
 	if testing.Short() {
@@ -77,6 +78,22 @@ func TestMeasureRoundTrip(t *testing.T) {
 	}
 	run("burst", false)
 	run("closed loop", true)
+
+	// For scale: the unloaded round trip, one command at a time.
+	var rtts []time.Duration
+	var mu sync.Mutex
+	for i := range 100 {
+		c, _, err := e.svc.Send(context.Background(), SendRequest{Device: ids[i%devices], Name: "ping", Timeout: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !waitAll(t, e, []registry.Command{c}, &mu, &rtts) {
+			return
+		}
+	}
+	slices.Sort(rtts)
+	t.Logf("sequential: 100 commands one at a time: round trip p50 %s, p99 %s",
+		rtts[49].Round(10*time.Microsecond), rtts[98].Round(10*time.Microsecond))
 }
 
 // waitAll waits for commands and records their ledger round trip.

@@ -30,13 +30,17 @@ import (
 
 // Config is the whole hub configuration.
 type Config struct {
-	DataDir     string   `mapstructure:"data_dir"`
+	DataDir string `mapstructure:"data_dir"`
+	// Roles are the parts of the hub this process runs (RoleBroker, ...);
+	// see docs/deploy.md.
+	Roles       []string `mapstructure:"roles"`
 	Log         Log      `mapstructure:"log"`
 	MQTT        MQTT     `mapstructure:"mqtt"`
 	HTTP        HTTP     `mapstructure:"http"`
 	Store       Store    `mapstructure:"store"`
 	Ingest      Ingest   `mapstructure:"ingest"`
 	Commands    Commands `mapstructure:"commands"`
+	AuthHook    AuthHook `mapstructure:"auth_hook"`
 	DeviceTypes string   `mapstructure:"device_types"`
 
 	// Types holds the device types loaded from DeviceTypes (or the built-in
@@ -59,7 +63,44 @@ type MQTT struct {
 	MaxInflight    uint16        `mapstructure:"max_inflight"`
 	MaxQueued      int32         `mapstructure:"max_queued"`
 	MaxClients     int64         `mapstructure:"max_clients"`
+
+	// The client side, for processes without the broker role: the
+	// external broker that ingest and command connect to.
+	URL       string    `mapstructure:"url"`
+	Username  string    `mapstructure:"username"`
+	Password  string    `mapstructure:"password"`
+	ClientID  string    `mapstructure:"client_id"`
+	ClientTLS ClientTLS `mapstructure:"client_tls"`
 }
+
+// ClientTLS configures TLS towards an external broker (ssl:// or wss://).
+type ClientTLS struct {
+	CA   string `mapstructure:"ca"`   // PEM CA bundle; "" = the system roots
+	Cert string `mapstructure:"cert"` // client certificate, for mutual TLS
+	Key  string `mapstructure:"key"`
+}
+
+// AuthHook configures the HTTP endpoints that let an external broker
+// authenticate devices and check topics against the registry.
+type AuthHook struct {
+	// Secret must be presented by the broker (bearer token or basic auth
+	// password); "" disables the endpoints.
+	Secret string `mapstructure:"secret"`
+}
+
+// Roles of a hub process.
+const (
+	RoleBroker    = "broker"
+	RoleIngest    = "ingest"
+	RoleCommand   = "command"
+	RoleDashboard = "dashboard"
+)
+
+// AllRoles are the roles in their canonical order (the default: all).
+var AllRoles = []string{RoleBroker, RoleIngest, RoleCommand, RoleDashboard}
+
+// Has reports whether the process runs role.
+func (c *Config) Has(role string) bool { return slices.Contains(c.Roles, role) }
 
 type TLS struct {
 	Addr     string `mapstructure:"addr"`
@@ -238,7 +279,8 @@ func (c *Config) Validate() error {
 	checkAddr("mqtt.ws_addr", c.MQTT.WSAddr, false)
 	checkAddr("mqtt.tls.addr", c.MQTT.TLS.Addr, false)
 	checkAddr("http.addr", c.HTTP.Addr, true)
-	if c.MQTT.Addr == "" && c.MQTT.WSAddr == "" && c.MQTT.TLS.Addr == "" {
+	c.validateRoles(bad)
+	if c.Has(RoleBroker) && c.MQTT.Addr == "" && c.MQTT.WSAddr == "" && c.MQTT.TLS.Addr == "" {
 		bad("mqtt.addr", "no MQTT listener is enabled (mqtt.addr, mqtt.ws_addr and mqtt.tls.addr are all empty)")
 	}
 	if c.MQTT.TLS.Addr != "" && (c.MQTT.TLS.Cert == "" || c.MQTT.TLS.Key == "") {
@@ -291,8 +333,8 @@ func (c *Config) Validate() error {
 	if c.Store.OutOfOrderWindow < time.Hour || c.Store.OutOfOrderWindow > c.Store.Retention {
 		bad("store.out_of_order_window", "%s is outside 1h..store.retention", c.Store.OutOfOrderWindow)
 	}
-	if c.Ingest.MaxFuture < 0 {
-		bad("ingest.max_future", "must not be negative")
+	if c.Ingest.MaxFuture < 0 || c.Ingest.MaxFuture >= c.Store.OutOfOrderWindow {
+		bad("ingest.max_future", "%s is outside 0..store.out_of_order_window", c.Ingest.MaxFuture)
 	}
 	if c.Ingest.QoS0Queue < 0 {
 		bad("ingest.qos0_queue", "must not be negative")
@@ -302,6 +344,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Commands.MaxTimeout < c.Commands.DefaultTimeout {
 		bad("commands.max_timeout", "%s is shorter than commands.default_timeout", c.Commands.MaxTimeout)
+	}
+	if c.AuthHook.Secret != "" && len(c.AuthHook.Secret) < 16 {
+		bad("auth_hook.secret", "is %d characters; use at least 16 random ones (or \"\" to disable the endpoints)", len(c.AuthHook.Secret))
 	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
@@ -373,4 +418,66 @@ func Keys() []string {
 	v.SetConfigType("yaml")
 	_ = v.ReadConfig(bytes.NewReader(configs.Default))
 	return v.AllKeys()
+}
+
+// validateRoles checks roles and the keys that depend on them. The embedded
+// broker hands device messages to ingest and command in the same process
+// (it has no accounts for remote workers), so it runs only with both;
+// without it, ingest and command need an external broker (mqtt.url). The
+// embedded store is one process's files: a dashboard without ingest would
+// read an empty one.
+func (c *Config) validateRoles(bad func(key, format string, args ...any)) {
+	if len(c.Roles) == 0 {
+		bad("roles", "must name at least one of %s", strings.Join(AllRoles, ", "))
+		return
+	}
+	seen := map[string]bool{}
+	for i, r := range c.Roles {
+		r = strings.ToLower(strings.TrimSpace(r))
+		c.Roles[i] = r
+		switch {
+		case !slices.Contains(AllRoles, r):
+			bad("roles", "%q is not one of %s", r, strings.Join(AllRoles, ", "))
+		case seen[r]:
+			bad("roles", "%q is listed twice", r)
+		}
+		seen[r] = true
+	}
+	external := !c.Has(RoleBroker) && (c.Has(RoleIngest) || c.Has(RoleCommand))
+	switch {
+	case c.Has(RoleBroker) && (!c.Has(RoleIngest) || !c.Has(RoleCommand)):
+		bad("roles", "the broker role needs the ingest and command roles in the same process (the embedded broker hands them device messages directly); for separate workers use an external broker")
+	case c.Has(RoleBroker) && c.MQTT.URL != "":
+		bad("mqtt.url", "is for processes without the broker role (an external broker); this one runs the embedded broker")
+	case external && c.MQTT.URL == "":
+		bad("mqtt.url", "is required: roles %s run without the embedded broker, so they connect to an external one (e.g. tcp://broker:1883)", strings.Join(c.Roles, ","))
+	case external:
+		u, err := url.Parse(c.MQTT.URL)
+		if err != nil || u.Host == "" {
+			bad("mqtt.url", "%q is not a broker URL like tcp://host:1883", c.MQTT.URL)
+			break
+		}
+		switch u.Scheme {
+		case "tcp", "mqtt", "ssl", "tls", "mqtts", "ws", "wss":
+		default:
+			bad("mqtt.url", "scheme %q is not one of tcp, mqtt, ssl, tls, mqtts, ws, wss", u.Scheme)
+		}
+		if u.User != nil {
+			bad("mqtt.url", "must not hold credentials; use mqtt.username and mqtt.password")
+		}
+	}
+	if c.Store.Backend == "tsdb" && c.Has(RoleDashboard) && !c.Has(RoleIngest) {
+		bad("roles", "the dashboard role without ingest would read an embedded store (store.backend tsdb) nobody writes; run them together or use store.backend influx")
+	}
+	t := c.MQTT.ClientTLS
+	if (t.Cert == "") != (t.Key == "") {
+		bad("mqtt.client_tls.cert", "mqtt.client_tls.cert and mqtt.client_tls.key go together")
+	}
+	for key, f := range map[string]string{"mqtt.client_tls.ca": t.CA, "mqtt.client_tls.cert": t.Cert, "mqtt.client_tls.key": t.Key} {
+		if f != "" {
+			if _, err := os.Stat(f); err != nil {
+				bad(key, "%v", err)
+			}
+		}
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
@@ -94,23 +95,57 @@ type connection struct {
 	dropped bool // by a storm; counted once
 
 	mu  sync.Mutex
-	raw net.Conn
+	raw *dropConn
 }
 
-func (c *connection) setRaw(n net.Conn) {
+func (c *connection) setRaw(n net.Conn) net.Conn {
+	dc := &dropConn{Conn: n}
 	c.mu.Lock()
-	c.raw = n
+	c.raw = dc
 	c.mu.Unlock()
+	return dc
 }
 
-// drop closes the TCP connection under paho's feet: the broker sees a
-// network failure, not a DISCONNECT, as with a real radio link going down.
+// drop closes the TCP connection under paho's feet: the broker sees the
+// socket close without a DISCONNECT, as with a radio link going down.
 func (c *connection) drop() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.raw != nil {
-		c.raw.Close()
+		c.raw.drop()
 	}
+}
+
+// errLinkDropped is what paho reads from a dropped connection.
+var errLinkDropped = errors.New("network link dropped (simulated)")
+
+// dropConn turns the local close of a storm into a network error: paho
+// ignores "use of closed network connection", taking it for its own
+// Disconnect, and would never report the connection lost.
+type dropConn struct {
+	net.Conn
+	dropped atomic.Bool
+}
+
+func (c *dropConn) drop() {
+	c.dropped.Store(true)
+	c.Conn.Close()
+}
+
+func (c *dropConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if err != nil && c.dropped.Load() {
+		err = errLinkDropped
+	}
+	return n, err
+}
+
+func (c *dropConn) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if err != nil && c.dropped.Load() {
+		err = errLinkDropped
+	}
+	return n, err
 }
 
 type pending struct {
@@ -247,8 +282,7 @@ func (d *Device) connect(ctx context.Context) {
 		if err != nil {
 			return nil, err
 		}
-		c.setRaw(nc)
-		return nc, nil
+		return c.setRaw(nc), nil
 	})
 	opts.SetConnectionLostHandler(func(_ paho.Client, err error) {
 		d.post(ctx, c, event{kind: evLost, gen: c.gen, err: err})
@@ -574,8 +608,11 @@ func (d *Device) bufferReadings(front []*reading, back ...*reading) {
 	}
 }
 
-// shutdown waits a little for in-flight messages, then disconnects.
+// shutdown waits a little for in-flight messages, then disconnects. What
+// is still buffered then is counted as abandoned, so that
+// Readings = ReadingsAcked + BufferDropped + Abandoned.
 func (d *Device) shutdown() {
+	defer func() { d.stats.abandoned.Add(uint64(len(d.buf))) }()
 	if c := d.connecting; c != nil {
 		// Let the CONNECT finish so paho's goroutines can be stopped.
 		select {

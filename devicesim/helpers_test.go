@@ -76,6 +76,7 @@ func (m *mosquitto) start() {
 		m.t.Fatal(err)
 	}
 	cmd := exec.Command(m.bin, "-c", m.conf)
+	dieWithTest(cmd)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		m.t.Fatal(err)

@@ -20,11 +20,10 @@ type Histogram struct {
 }
 
 const (
-	histSubBits  = 7
-	histSub      = 1 << histSubBits // 128 exact values, then 64 per octave
-	histHalf     = histSub / 2
-	histBuckets  = histSub + (64-histSubBits)*histHalf
-	histMaxValue = math.MaxInt64
+	histSubBits = 7
+	histSub     = 1 << histSubBits // 128 exact values, then 64 per octave
+	histHalf    = histSub / 2
+	histBuckets = histSub + (64-histSubBits)*histHalf
 )
 
 func histIndex(v uint64) int {

@@ -85,9 +85,11 @@ type LoadReport struct {
 	InFlight       uint64            `json:"in_flight"`
 	// Skipped counts open-loop ticks not sent because the device's
 	// in-flight window was full (the broker was not keeping up).
-	Skipped     uint64  `json:"skipped"`
-	Disconnects uint64  `json:"disconnects"`
-	MsgsPerSec  float64 `json:"msgs_per_sec"` // acknowledged per second
+	Skipped     uint64 `json:"skipped"`
+	Disconnects uint64 `json:"disconnects"`
+	// MsgsPerSec is acknowledgements per second over the publishing phase
+	// plus the drain that collected the last acknowledgements.
+	MsgsPerSec float64 `json:"msgs_per_sec"`
 	// MaxLagMS is how far behind its schedule the open-loop sender fell
 	// at worst; large values mean the simulator could not keep the rate.
 	MaxLagMS   float64        `json:"max_lag_ms"`

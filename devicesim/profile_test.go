@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/fieldhub/fieldhub/internal/testkit"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
@@ -192,3 +194,36 @@ type telemetryValue = telemetry.Value
 
 func boolV(b bool) telemetry.Value  { return telemetry.Value{Kind: telemetry.KindBool, Bool: b} }
 func strV(s string) telemetry.Value { return telemetry.Value{Kind: telemetry.KindString, Str: s} }
+
+func TestFleetMetrics(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	p := testProfile(t, "devices:\n  - {type: s, count: 2, metrics: {t: {model: toggle}}}\n")
+	if _, err := NewFleet(FleetConfig{Profile: p, Broker: "tcp://127.0.0.1:1", Registerer: reg}); err == nil {
+		t.Fatal("a fleet without credentials was accepted")
+	}
+	f, err := NewFleet(FleetConfig{Profile: p, Broker: "tcp://127.0.0.1:1", Anonymous: true, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Devices()) != 2 || f.Device("s-001") == nil {
+		t.Fatalf("devices: %v", f.Devices())
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := map[string]bool{}
+	for _, mf := range mfs {
+		names[mf.GetName()] = true
+	}
+	for _, want := range []string{"fieldhub_devicesim_readings_total", "fieldhub_devicesim_fault_malformed_total", "fieldhub_devicesim_commands_invalid_total"} {
+		if !names[want] {
+			t.Errorf("metric %s not registered (have %v)", want, names)
+		}
+	}
+	for _, bad := range []string{"", "localhost:1883", "ws://h:1", "tcp://nohost"} {
+		if _, err := NewFleet(FleetConfig{Profile: p, Broker: bad, Anonymous: true}); err == nil {
+			t.Errorf("broker %q accepted", bad)
+		}
+	}
+}

@@ -19,6 +19,7 @@ type Stats struct {
 	Buffered       uint64 // readings kept in the buffer while disconnected (re-buffered ones included)
 	BufferDropped  uint64 // oldest readings dropped because the buffer was full
 	Flushed        uint64 // readings sent from the buffer after a reconnect
+	Abandoned      uint64 // readings still buffered when the device stopped
 	Batches        uint64 // batch messages (JSON arrays) sent by flushes
 
 	Connects        uint64 // successful connections
@@ -61,6 +62,7 @@ var statFields = []statField{
 	{"buffered_total", "Readings buffered while disconnected.", func(s *Stats) *uint64 { return &s.Buffered }},
 	{"buffer_dropped_total", "Readings dropped from a full buffer.", func(s *Stats) *uint64 { return &s.BufferDropped }},
 	{"flushed_total", "Readings sent from the buffer after a reconnect.", func(s *Stats) *uint64 { return &s.Flushed }},
+	{"abandoned_total", "Readings still buffered when the device stopped.", func(s *Stats) *uint64 { return &s.Abandoned }},
 	{"batches_total", "Batch messages sent by flushes.", func(s *Stats) *uint64 { return &s.Batches }},
 	{"connects_total", "Successful connections.", func(s *Stats) *uint64 { return &s.Connects }},
 	{"connect_errors_total", "Failed connection attempts.", func(s *Stats) *uint64 { return &s.ConnectErrors }},
@@ -86,7 +88,7 @@ var statFields = []statField{
 // counters is the live, concurrency-safe form of Stats.
 type counters struct {
 	readings, published, delivered, publishErrors, readingsAcked, expectedStored atomic.Uint64
-	buffered, bufferDropped, flushed, batches                                    atomic.Uint64
+	buffered, bufferDropped, flushed, batches, abandoned                         atomic.Uint64
 	connects, connectErrors, connectionsLost, subscribes                         atomic.Uint64
 	commands, commandsInvalid, commandsExpired, replies, errorReplies, reboots   atomic.Uint64
 	twinUpdates, twinReports, hubErrors                                          atomic.Uint64
@@ -97,7 +99,7 @@ func (c *counters) snapshot() Stats {
 	return Stats{
 		Readings: c.readings.Load(), Published: c.published.Load(), Delivered: c.delivered.Load(),
 		PublishErrors: c.publishErrors.Load(), ReadingsAcked: c.readingsAcked.Load(), ExpectedStored: c.expectedStored.Load(),
-		Buffered: c.buffered.Load(), BufferDropped: c.bufferDropped.Load(), Flushed: c.flushed.Load(), Batches: c.batches.Load(),
+		Buffered: c.buffered.Load(), BufferDropped: c.bufferDropped.Load(), Flushed: c.flushed.Load(), Batches: c.batches.Load(), Abandoned: c.abandoned.Load(),
 		Connects: c.connects.Load(), ConnectErrors: c.connectErrors.Load(), ConnectionsLost: c.connectionsLost.Load(), Subscribes: c.subscribes.Load(),
 		CommandsReceived: c.commands.Load(), CommandsInvalid: c.commandsInvalid.Load(), CommandsExpired: c.commandsExpired.Load(),
 		Replies: c.replies.Load(), ErrorReplies: c.errorReplies.Load(), Reboots: c.reboots.Load(),

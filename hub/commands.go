@@ -7,6 +7,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/broker"
 	"github.com/fieldhub/fieldhub/command"
+	"github.com/fieldhub/fieldhub/dashboard"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
 
@@ -27,6 +28,14 @@ func (h *Hub) setupCommands() (*command.Service, error) {
 		return nil, fmt.Errorf("create command service: %w", err)
 	}
 	RegisterCommands(h.Broker, svc)
+	if h.Events != nil {
+		// Live view: every stored transition as a "command" event.
+		// Events.Publish never blocks.
+		svc.Subscribe(func(c command.Change) {
+			h.Events.Publish(dashboard.Event{Type: "command", Device: c.Command.Device, TS: c.Command.UpdatedAt.UnixMilli(),
+				Data: map[string]any{"id": c.Command.ID, "name": c.Command.Name, "from": c.From, "to": c.To}})
+		})
+	}
 	return svc, nil
 }
 

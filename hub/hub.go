@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/fieldhub/fieldhub/broker"
+	"github.com/fieldhub/fieldhub/command"
 	"github.com/fieldhub/fieldhub/config"
 	"github.com/fieldhub/fieldhub/dashboard"
 	"github.com/fieldhub/fieldhub/ingest"
@@ -40,6 +41,11 @@ type Hub struct {
 	Store    store.Store
 	Ingest   *ingest.Pipeline
 	Broker   *broker.Broker
+	// Events carries live events (readings, presence, commands,
+	// rejections) to the HTTP API's event stream.
+	Events *dashboard.Events
+	// Commands is the command ledger and twin service (hub/commands.go).
+	Commands *command.Service // issue 4 (commands)
 
 	httpSrv *http.Server
 	httpLn  net.Listener
@@ -69,7 +75,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (h *Hub, err
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data dir: %w", err)
 	}
-	h = &Hub{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), httpErr: make(chan error, 1)}
+	h = &Hub{cfg: cfg, log: log, metrics: prometheus.NewRegistry(), httpErr: make(chan error, 1), Events: dashboard.NewEvents(256)}
 	h.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	defer func() {
 		if err != nil {
@@ -98,12 +104,19 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (h *Hub, err
 	case "tsdb":
 		s, err := tsdb.Open(tsdb.Options{
 			Dir: filepath.Join(cfg.DataDir, "tsdb"), Retention: cfg.Store.Retention,
-			OutOfOrderWindow: cfg.Store.OutOfOrderWindow, Logger: log, Registerer: h.metrics,
+			OutOfOrderWindow: cfg.Store.OutOfOrderWindow, MaxFuture: cfg.Ingest.MaxFuture,
+			Logger: log, Registerer: h.metrics,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("open embedded store: %w", err)
 		}
-		h.Store, minValid = s, s.MinValidTime
+		// Readings older than the out-of-order window behind the hub's clock
+		// are too old even while the store is empty or idle, so the rule does
+		// not depend on what other devices happened to send.
+		window := cfg.Store.OutOfOrderWindow
+		h.Store, minValid = s, func() int64 {
+			return max(s.MinValidTime(), time.Now().Add(-window).UnixMilli())
+		}
 	case "influx":
 		i := cfg.Store.Influx
 		s, err := influx.Open(ctx, influx.Options{
@@ -133,10 +146,16 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (h *Hub, err
 		Publish: func(topic string, payload []byte) error {
 			return h.Broker.Publish(topic, payload, broker.PublishOptions{QoS: 1})
 		},
-		Logger: log, Registerer: h.metrics,
+		OnCommit: h.publishReadings,
+		OnReject: h.publishRejection,
+		Logger:   log, Registerer: h.metrics,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create ingest: %w", err)
+	}
+	h.Broker.AddObserver(presenceEvents{h.Events})
+	if h.Commands, err = h.setupCommands(); err != nil { // issue 4 (commands)
+		return nil, err
 	}
 	h.Broker.Handle(telemetry.TopicTelemetry, func(ctx context.Context, m broker.Message) error {
 		err := h.Ingest.Ingest(ctx, m.Device, m.Payload, m.QoS, m.Received)
@@ -152,6 +171,10 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (h *Hub, err
 // writes data_dir/hub.json with the bound addresses.
 func (h *Hub) Start(ctx context.Context) error {
 	h.Ingest.Start()
+	// issue 4 (commands): resume the ledger before devices can connect.
+	if err := h.Commands.Start(ctx); err != nil {
+		return fmt.Errorf("start commands: %w", err)
+	}
 	if err := h.Broker.Start(ctx); err != nil {
 		return fmt.Errorf("start broker: %w", err)
 	}
@@ -160,12 +183,7 @@ func (h *Hub) Start(ctx context.Context) error {
 		return fmt.Errorf("listen http %s: %w", h.cfg.HTTP.Addr, err)
 	}
 	h.httpLn = ln
-	api := dashboard.New(dashboard.Deps{
-		Registry: h.Registry, Store: h.Store, Ingest: h.Ingest,
-		Metrics: h.metrics, Logger: h.log,
-		Ready: func() error { return nil },
-	})
-	h.httpSrv = &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	h.httpSrv = &http.Server{Handler: h.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { h.httpErr <- h.httpSrv.Serve(ln) }()
 
 	a := h.Addrs()
@@ -196,6 +214,8 @@ func (h *Hub) Stop(ctx context.Context) error {
 	h.stopped = true
 	var errs []error
 	_ = os.Remove(filepath.Join(h.cfg.DataDir, RunFile))
+	h.Commands.StopWaiting() // issue 4 (commands): end long polls so Shutdown need not wait for them
+	h.Events.Close()         // issue 6 (dashboard): end live event streams so Shutdown need not wait for them
 	if h.httpSrv != nil {
 		if err := h.httpSrv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("stop http: %w", err))
@@ -203,6 +223,9 @@ func (h *Hub) Stop(ctx context.Context) error {
 	}
 	if err := h.Broker.Stop(ctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop broker: %w", err))
+	}
+	if err := h.Commands.Stop(ctx); err != nil { // issue 4 (commands): after the broker, no more events
+		errs = append(errs, err)
 	}
 	if err := h.Ingest.Stop(ctx); err != nil {
 		errs = append(errs, err)

@@ -69,7 +69,10 @@ type Options struct {
 	// OnCommit, if set, is called by the committer after each successful
 	// commit with the committed samples (for live views). It must not block
 	// or keep the slice.
-	OnCommit   func(samples []telemetry.Sample)
+	OnCommit func(samples []telemetry.Sample)
+	// OnReject, if set, is called once a rejected message's dead letter is
+	// committed (for live views). It must not block.
+	OnReject   func(dl registry.DeadLetter)
 	Logger     *slog.Logger
 	Registerer prometheus.Registerer
 	Now        func() time.Time
@@ -359,6 +362,11 @@ func (p *Pipeline) commitPending() {
 		if p.opts.OnCommit != nil && len(b.samples) > 0 {
 			p.opts.OnCommit(b.samples)
 		}
+		if p.opts.OnReject != nil {
+			for _, dl := range b.dead {
+				p.opts.OnReject(dl)
+			}
+		}
 	}
 	close(b.done)
 }
@@ -370,14 +378,25 @@ func (p *Pipeline) commit(b *batch) error {
 	ctx := p.ctx
 	if len(b.samples) > 0 {
 		err := p.opts.Store.Append(ctx, b.samples)
+		// A store may refuse some samples for good (several kinds at once,
+		// joined): their messages become dead letters, the rest is stored.
 		var tooOld *store.TooOldError
+		var tooNew *store.TooNewError
 		var refused *store.RejectedError
-		switch {
-		case errors.As(err, &tooOld):
+		handled := false
+		if errors.As(err, &tooOld) {
 			p.rejectRefused(b, tooOld.Index, &Rejection{Reason: "too_old", Detail: fmt.Sprintf("older than the store accepts (%s)", fmtMS(tooOld.MinTS))})
-		case errors.As(err, &refused):
+			handled = true
+		}
+		if errors.As(err, &tooNew) {
+			p.rejectRefused(b, tooNew.Index, &Rejection{Reason: "too_new", Detail: fmt.Sprintf("further ahead than the store accepts (%s)", fmtMS(tooNew.MaxTS))})
+			handled = true
+		}
+		if errors.As(err, &refused) {
 			p.rejectRefused(b, refused.Index, &Rejection{Reason: "store_refused", Detail: refused.Reason})
-		case err != nil:
+			handled = true
+		}
+		if err != nil && !handled {
 			return fmt.Errorf("append %d samples: %w", len(b.samples), err)
 		}
 	}

@@ -9,13 +9,13 @@ import (
 	"unicode/utf8"
 )
 
-// fieldhub JSON, the native telemetry format:
+// DecodeJSON decodes a fieldhub JSON payload, a single reading or a batch:
 //
 //	{"ts": 1733300000123, "seq": 42, "metrics": {"temperature": 21.5, "door_open": false, "mode": "eco"}}
 //
-// or a JSON array of such objects (a batch). Rules:
+// or a JSON array of such objects. Rules:
 //   - ts is optional: unix milliseconds as an integer JSON number, or an
-//     RFC 3339 string ("2024-12-04T08:13:20.123Z"); absent, the caller's now.
+//     RFC 3339 string ("2024-12-04T08:13:20.123Z"); absent, now (unix ms).
 //     It must lie in [0, MaxTS].
 //   - seq is optional: a non-negative integer that fits 64 bits.
 //   - metrics is required: a non-empty object of at most MaxMetricsPerReading
@@ -25,12 +25,10 @@ import (
 //   - any other top-level field is refused, and so is a field given twice.
 //   - a batch holds 1 to MaxReadingsPerBatch objects.
 //
-// The decoder is a small hand-written scanner rather than encoding/json:
-// unmarshalling into structs with json.RawMessage or map[string]any costs
-// several allocations per metric, this costs three per payload.
-
-// DecodeJSON decodes a fieldhub JSON payload, a single reading or a batch.
-// now (unix ms) is the time of readings without ts. Errors are *DecodeError.
+// Errors are *DecodeError. The decoder is a small hand-written scanner
+// rather than encoding/json: unmarshalling into a struct with
+// json.RawMessage or map[string]any costs about five allocations per metric
+// (BenchmarkDecodeJSONStdlib), this costs three per payload.
 func DecodeJSON(payload []byte, now int64) ([]Reading, error) {
 	d := getDecoder(payload, now, FormatJSON)
 	defer putDecoder(d)

@@ -8,34 +8,6 @@ import (
 	"time"
 )
 
-// SenML JSON (RFC 8428) as fieldhub reads it:
-//
-//   - The pack is a non-empty array of at most MaxSenMLRecords records.
-//   - Base fields apply to their record and the records after it until the
-//     next record with the same base field (§4.1): bn (base name), bt (base
-//     time), bv (base value, added to v). bu, bs and bver are read too: bu and
-//     bs are ignored; a bver above 10 refuses the pack (§4.4).
-//   - Regular fields: n, t, v, vs, vb, vd; u (unit), ut (update time) and s
-//     (sum) are ignored. Units are not converted: the device type declares the
-//     unit of each metric.
-//   - Resolution (§4.6): name = bn + n, which must be a valid metric name
-//     (ValidateMetricName; in particular no '/'); time = bt + t in seconds,
-//     values below 2^28 being relative to now (§4.5.3), rounded to
-//     milliseconds and within [0, MaxTS]; value = bv + v for numbers.
-//   - Each record holds exactly one of v (number), vs (string), vb (bool) or
-//     vd (data). vd is kept as a string metric holding its base64url text
-//     verbatim, so the data is not lost; fieldhub does not decode it.
-//   - A record with only base fields (bn, bt, bu, bv, bs, bver) sets them for
-//     the records after it and yields no metric. A record with a sum and no
-//     value is refused (sums are not stored).
-//   - Unknown fields are ignored (§4.4 extensibility) unless their name ends
-//     in '_', which marks a must-understand extension: such a pack is refused.
-//   - Records with the same resolved time become one Reading, in record
-//     order; readings are ordered by time. Two records with the same name and
-//     time are refused: fieldhub keeps one value per (device, metric, time),
-//     so records that differ only by unit (RFC 8428 §5.1.3) need distinct names.
-//   - A field given twice in one record is refused.
-
 // senmlRelative: resolved times below 2^28 seconds are relative to now.
 const senmlRelative = 1 << 28
 
@@ -65,9 +37,35 @@ const (
 	fValues = fV | fVS | fVB | fVD
 )
 
-// DecodeSenML decodes a SenML JSON pack (RFC 8428) into readings, one per
-// distinct resolved time, in time order. now (unix ms) resolves relative
-// times. Errors are *DecodeError; their Index is the record's position.
+// DecodeSenML decodes a SenML JSON pack (RFC 8428) into readings. Rules:
+//
+//   - The pack is a non-empty array of at most MaxSenMLRecords records.
+//   - Base fields apply to their record and the records after it until the
+//     next record with the same base field (§4.1): bn (base name), bt (base
+//     time), bv (base value, added to v). bu, bs and bver are read too: bu and
+//     bs are ignored; a bver above 10 refuses the pack (§4.4).
+//   - Regular fields: n, t, v, vs, vb, vd; u (unit), ut (update time) and s
+//     (sum) are ignored. Units are not converted: the device type declares the
+//     unit of each metric.
+//   - Resolution (§4.6): name = bn + n, which must be a valid metric name
+//     (ValidateMetricName; in particular no '/'); time = bt + t in seconds,
+//     values below 2^28 being relative to now (§4.5.3), rounded to
+//     milliseconds and within [0, MaxTS]; value = bv + v for numbers.
+//   - Each record holds exactly one of v (number), vs (string), vb (bool) or
+//     vd (data). vd is kept as a string metric holding its base64url text
+//     verbatim, so the data is not lost; fieldhub does not decode it.
+//   - A record with only base fields (bn, bt, bu, bv, bs, bver) sets them for
+//     the records after it and yields no metric. A record with a sum and no
+//     value is refused (sums are not stored).
+//   - Unknown fields are ignored (§4.4 extensibility) unless their name ends
+//     in '_', which marks a must-understand extension: such a pack is refused.
+//   - Records with the same resolved time become one Reading, in record
+//     order; readings are ordered by time. Two records with the same name and
+//     time are refused: fieldhub keeps one value per (device, metric, time),
+//     so records that differ only by unit (RFC 8428 §5.1.3) need distinct names.
+//   - A field given twice in one record is refused.
+//
+// Errors are *DecodeError; their Index is the record's position in the pack.
 func DecodeSenML(payload []byte, now int64) ([]Reading, error) {
 	d := getDecoder(payload, now, FormatSenML)
 	defer putDecoder(d)

@@ -317,6 +317,8 @@ func TestHelpEverywhere(t *testing.T) {
 		{"device", "show", "--help"}, {"device", "rm", "--help"}, {"device", "rotate-token", "--help"},
 		{"telemetry", "latest", "--help"}, {"telemetry", "query", "--help"}, {"deadletter", "list", "--help"},
 		{"deadletter", "replay", "--help"}, {"version", "--help"},
+		{"command", "send", "--help"}, {"command", "list", "--help"}, {"command", "show", "--help"}, {"command", "cancel", "--help"},
+		{"twin", "get", "--help"}, {"twin", "set", "--help"},
 	} {
 		out, _, err := run(t, nil, args...)
 		if err != nil || !strings.Contains(out, "Usage:") {

@@ -28,21 +28,26 @@ func Missing(t testing.TB, format string, args ...any) {
 	t.Skipf("skipped: "+format, args...)
 }
 
-// Binary returns the path of a tool on PATH or in the repo's .tools/bin
-// folder (where the Makefile installs influxd). It skips or fails the test
-// when the tool is not found.
+// Binary returns the path of a tool on PATH, in the repo's .tools/bin
+// folder (where the Makefile installs influxd) or in /usr/sbin (Debian's
+// mosquitto, which is not on a normal user's PATH). It skips or fails the
+// test when the tool is not found.
 func Binary(t testing.TB, name string) string {
 	t.Helper()
 	if p, err := exec.LookPath(name); err == nil {
 		return p
 	}
+	var dirs []string
 	if root := RepoRoot(); root != "" {
-		p := filepath.Join(root, ".tools", "bin", name)
-		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+		dirs = append(dirs, filepath.Join(root, ".tools", "bin"))
+	}
+	for _, dir := range append(dirs, "/usr/sbin") {
+		p := filepath.Join(dir, name)
+		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
 			return p
 		}
 	}
-	Missing(t, "%s not found on PATH or in .tools/bin (run `make tools` or see .ci/run)", name)
+	Missing(t, "%s not found on PATH, in .tools/bin or /usr/sbin (run `make tools` or see .ci/run)", name)
 	return ""
 }
 

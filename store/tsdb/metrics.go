@@ -104,4 +104,3 @@ func (r *trackingRegisterer) unregisterAll() {
 	}
 	r.cs = nil
 }
-

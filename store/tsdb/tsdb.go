@@ -12,20 +12,21 @@
 // # Durability
 //
 // Append returns after the samples' WAL records were written. In detail
-// (tsdb v0.316.0): headAppender.Commit calls wlog.WL.Log for the series and
-// sample records; Log buffers records in a 32 KiB page and, for the last
-// record of the call, writes the page to the segment file with write(2)
-// (wlog.log: "If it's the final record of the batch ... flush it"). So when
-// Commit returns the records are in the kernel's page cache and survive a
-// kill -9 of fieldhub. The WAL is NOT fsynced per commit: wlog fsyncs a
-// segment only when it is full (asynchronously) and on Close, so a power
-// loss or kernel crash could lose acknowledged samples (up to the kernel's
-// dirty writeback delay, 30 s by default). That is why this package fsyncs
-// the active WAL and WBL segments after every commit unless Options.NoSync is
-// set; with it, Append honours store.Appender's "synced to disk".
-// Out-of-order samples are logged in the WAL by Commit and again in the WBL
-// (write-behind log) right after, in the same Commit call; the WBL write error
-// is only logged by the TSDB (head_append.go), a gap we cannot close here.
+// (tsdb v0.316.0): the head appender's Commit calls wlog.WL.Log for each
+// record (series, samples), and Log ends by writing the current 32 KiB
+// page to the segment file with write(2), an *os.File without user-space
+// buffering ("If it's the final record of the batch ... flush it", wlog.go).
+// So when Commit returns the records are in the kernel's page cache and
+// survive a kill -9 of fieldhub (TestKill9Durability). They are NOT fsynced:
+// wlog fsyncs a segment only when it is full (asynchronously, on rotation)
+// and on Close, so a power loss or kernel crash could lose acknowledged
+// samples, up to the kernel's dirty writeback delay (30 s by default). So
+// after every commit this package fsyncs the active WAL and WBL segments
+// (and any segment the commit rotated past) unless Options.NoSync is set;
+// with it Append honours store.Appender's "synced to disk". Out-of-order
+// samples are logged in the WAL by Commit and again in the WBL right after,
+// within the same Commit call; a WBL write error there is only logged by the
+// TSDB (head_append.go), a gap this package cannot close.
 //
 // # Duplicates
 //
@@ -64,7 +65,7 @@ import (
 	"github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/chunkenc"
-	"github.com/prometheus/prometheus/tsdb/compression"
+	"github.com/prometheus/prometheus/util/compression"
 
 	"github.com/fieldhub/fieldhub/store"
 	"github.com/fieldhub/fieldhub/telemetry"
