@@ -33,9 +33,9 @@ test-short:
 	$(GO) test -short -count=1 ./...
 
 ## bench: Go benchmarks and the end-to-end load benchmark (see docs/benchmarks.md)
-bench: tools build
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./telemetry/ ./store/... ./registry/
-	./scripts/bench.sh
+bench: tools
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./telemetry/ ./store/... ./registry/ ./ingest/
+	FIELDHUB_BENCH=1 $(GO) test -count=1 -timeout 30m -run TestHubLoad -v ./bench/
 
 lint:
 	@out=$$(gofmt -l . | grep -v '^vendor/'); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

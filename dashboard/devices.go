@@ -218,6 +218,9 @@ func (s *server) rotateToken(w http.ResponseWriter, r *http.Request) {
 type Summary struct {
 	Devices DeviceCounts `json:"devices"`
 	Rates   Rates        `json:"rates"`
+	// RecentRejections are the last rejection events since the hub
+	// started (up to 20), oldest first.
+	RecentRejections []Event `json:"recent_rejections"`
 	// Watchers is how many live event streams are open.
 	Watchers int       `json:"watchers"`
 	Time     time.Time `json:"time"`
@@ -240,8 +243,10 @@ func (s *server) summary(w http.ResponseWriter, r *http.Request) {
 	if s.Events != nil {
 		out.Rates = s.Events.Rates()
 		out.Watchers = s.Events.Stats().Subscribers
+		out.RecentRejections = s.Events.RecentRejections()
 	} else {
 		out.Rates = Rates{Readings: []uint64{}, Rejections: []uint64{}}
+		out.RecentRejections = []Event{}
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -102,7 +102,14 @@ type Events struct {
 
 	readings   rateRing
 	rejections rateRing
+
+	recentMu sync.Mutex
+	recent   [recentRejections]Event // ring
+	recentN  int                     // rejections ever recorded
 }
+
+// recentRejections is how many rejection events the summary keeps.
+const recentRejections = 20
 
 // NewEvents makes a fan-out whose subscribers buffer up to buffer events.
 func NewEvents(buffer int) *Events {
@@ -277,8 +284,27 @@ func (e *Events) PublishSamples(samples []telemetry.Sample) {
 // PublishRejection publishes a dead letter as a rejection event (and
 // counts it for the rejection rate).
 func (e *Events) PublishRejection(dl registry.DeadLetter) {
-	e.Publish(Event{Type: EventRejection, Device: dl.Device, TS: dl.ReceivedAt.UnixMilli(),
-		Data: map[string]any{"id": dl.ID, "reason": dl.Reason, "detail": dl.Detail}})
+	ev := Event{Type: EventRejection, Device: dl.Device, TS: dl.ReceivedAt.UnixMilli(),
+		Data: map[string]any{"id": dl.ID, "reason": dl.Reason, "detail": dl.Detail}}
+	e.recentMu.Lock()
+	e.recent[e.recentN%recentRejections] = ev
+	e.recentN++
+	e.recentMu.Unlock()
+	e.Publish(ev)
+}
+
+// RecentRejections returns the last rejection events (up to 20) since the
+// hub started, oldest first, for the overview's list before any live
+// event arrives.
+func (e *Events) RecentRejections() []Event {
+	e.recentMu.Lock()
+	defer e.recentMu.Unlock()
+	n := min(e.recentN, recentRejections)
+	out := make([]Event, 0, n)
+	for i := e.recentN - n; i < e.recentN; i++ {
+		out = append(out, e.recent[i%recentRejections])
+	}
+	return out
 }
 
 // Rates are the fleet's recent per-second counts.

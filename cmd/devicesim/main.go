@@ -425,6 +425,7 @@ the simulator's own CPU use. sent = acked + errors + in flight.`,
 	fl.Float64Var(&cfg.Rate, "rate", 1, "messages per second per device (open loop)")
 	fl.BoolVar(&cfg.ClosedLoop, "closed-loop", false, "publish the next message as soon as the previous PUBACK arrives")
 	fl.IntVar(&qos, "qos", 1, "QoS 0 or 1")
+	fl.IntVar(&cfg.Metrics, "metrics", 1, "metrics per message (10 makes the ~180-byte reading of the hub benchmark)")
 	fl.DurationVar(&cfg.Duration, "duration", 10*time.Second, "publishing time")
 	fl.StringVar(&creds, "credentials", "", "credentials file (CSV id,token or JSON lines)")
 	fl.BoolVar(&cfg.Anonymous, "anonymous", false, "connect without credentials, ids --id-prefix + n")

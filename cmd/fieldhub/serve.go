@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -12,7 +13,8 @@ import (
 )
 
 func newServeCmd(a *app) *cobra.Command {
-	return &cobra.Command{
+	var cpuProfile string
+	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the hub: MQTT broker, ingest, store and HTTP API",
 		Long: `Run the hub until SIGINT or SIGTERM, then shut down in order: stop
@@ -26,6 +28,17 @@ token in data_dir/admin.token (mode 0600).`,
 			}
 			log := cfg.Logger(os.Stderr)
 			ctx := cmd.Context()
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return fmt.Errorf("cpu profile: %w", err)
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return fmt.Errorf("cpu profile: %w", err)
+				}
+				defer pprof.StopCPUProfile()
+			}
 			h, err := hub.New(ctx, cfg, log)
 			if err != nil {
 				return err
@@ -47,4 +60,6 @@ token in data_dir/admin.token (mode 0600).`,
 			return nil
 		},
 	}
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile (pprof) to this file until shutdown")
+	return cmd
 }

@@ -28,6 +28,7 @@ export interface Command {
 export interface TwinDoc { doc: Record<string, unknown> | null; version: number; updated_at?: string }
 export interface TwinView { device: string; desired: TwinDoc; reported: TwinDoc; delta: Record<string, unknown> | null }
 export interface APIToken { id: string; name: string; created_at: string; last_used?: string }
+export interface CreatedToken { token: APIToken; secret: string }
 export interface SessionInfo { auth: string; token_id: string; token_name: string; csrf_token?: string; expires_at?: string }
 export interface Info { version?: string; mqtt?: string; ws?: string; tls?: string; store?: string }
 export interface HubEvent { id: number; type: string; device: string; ts: number; data: any }

@@ -63,6 +63,16 @@ export class MetricChart {
     this.el.classList.toggle("no-data", points.length === 0);
     this.u.setData([this.xs, this.ys], false);
     this.u.setScale("x", { min: fromMs / 1000, max: toMs / 1000 });
+    this.mark();
+  }
+
+  // mark exposes the chart's state on its element (for people inspecting
+  // the page, and for the browser test).
+  private mark() {
+    const d = this.el.dataset;
+    d.points = String(this.xs.length);
+    d.step = String(this.stepSec);
+    d.last = this.xs.length ? String(Math.round(this.xs[this.xs.length - 1] * 1000)) : "";
   }
 
   // append adds a live sample and slides the window to end at nowMs. A
@@ -85,6 +95,7 @@ export class MetricChart {
     this.el.classList.remove("no-data");
     this.u.setData([this.xs, this.ys], false);
     this.u.setScale("x", { min, max: toMs / 1000 });
+    this.mark();
   }
 
   get points(): number { return this.xs.length; }

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/user"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -60,6 +61,11 @@ func Start(t testing.TB, o Options) *Server {
 	})
 
 	var extra strings.Builder
+	// Started as root, mosquitto switches to the "mosquitto" user, which
+	// cannot read the files in the test's private folder: stay who we are.
+	if u, err := user.Current(); err == nil {
+		fmt.Fprintf(&extra, "user %s\n", u.Username)
+	}
 	if len(o.Users) > 0 {
 		pw := filepath.Join(dir, "passwd")
 		names := make([]string, 0, len(o.Users))
