@@ -213,6 +213,14 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, _ packets.Packet) {
 	h.b.limitSendQuota(cl)
 	h.b.pres.touch(cl.ID, time.Now())
 	h.b.deviceOnline(cl)
+	// A device resuming a persistent session does not subscribe again
+	// [MQTT-3.2.2-3]: report the subscriptions it inherited, so that what
+	// waits for it (queued commands) is delivered now.
+	for filter := range cl.State.Subscriptions.GetAll() {
+		for _, o := range h.b.observers {
+			o.DeviceSubscribed(cl.ID, filter)
+		}
+	}
 }
 
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {

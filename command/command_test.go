@@ -471,3 +471,39 @@ func TestSendValidation(t *testing.T) {
 		t.Fatalf("defaults: params %s, timeout %s", c.Params, c.ExpiresAt.Sub(c.CreatedAt))
 	}
 }
+
+// TestPersistentSessionResume: a device that resumes a persistent session
+// does not subscribe again [MQTT-3.2.2-3]; the commands queued while it was
+// away still reach it, through the subscription it kept.
+func TestPersistentSessionResume(t *testing.T) {
+	e := newEnv(t, "ps-1")
+	got := make(chan Message, 10)
+	opts := func() *mqtt.ClientOptions {
+		return mqtt.NewClientOptions().AddBroker("tcp://"+e.addr).SetClientID("ps-1").SetUsername("ps-1").
+			SetPassword(e.tokens["ps-1"]).SetAutoReconnect(false).SetCleanSession(false).
+			SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
+				var cm Message
+				json.Unmarshal(m.Payload(), &cm)
+				got <- cm
+			})
+	}
+	c := mqtt.NewClient(opts())
+	waitToken(t, c.Connect(), "connect")
+	waitToken(t, c.Subscribe("devices/ps-1/commands/#", 1, nil), "subscribe")
+	c.Disconnect(50)
+	testkit.Eventually(t, 10*time.Second, func() bool { return !e.b.Connected("ps-1") }, "the device to go offline")
+
+	cmd := e.send(SendRequest{Device: "ps-1", Name: "resume", Timeout: time.Hour})
+	c = mqtt.NewClient(opts())
+	waitToken(t, c.Connect(), "reconnect without subscribing")
+	t.Cleanup(func() { c.Disconnect(50) })
+	select {
+	case m := <-got:
+		if m.ID != cmd.ID {
+			t.Fatalf("got command %s, want %s", m.ID, cmd.ID)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the queued command never reached the resumed session")
+	}
+	e.waitState(cmd.ID, registry.CommandDelivered)
+}
