@@ -479,7 +479,7 @@ func TestPersistentSessionResume(t *testing.T) {
 	e := newEnv(t, "ps-1")
 	got := make(chan Message, 10)
 	opts := func() *mqtt.ClientOptions {
-		return mqtt.NewClientOptions().AddBroker("tcp://"+e.addr).SetClientID("ps-1").SetUsername("ps-1").
+		return mqtt.NewClientOptions().AddBroker("tcp://" + e.addr).SetClientID("ps-1").SetUsername("ps-1").
 			SetPassword(e.tokens["ps-1"]).SetAutoReconnect(false).SetCleanSession(false).
 			SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) {
 				var cm Message
