@@ -89,6 +89,20 @@ type Deps struct {
 	Heartbeat time.Duration
 	// Now is the clock (default time.Now).
 	Now func() time.Time
+	// Mounts are more handlers this server serves, e.g. the
+	// Prometheus-compatible API (promapi) and the broker auth hook.
+	Mounts []Mount
+}
+
+// Mount is a handler served at a path (a ServeMux path: one ending in "/"
+// is a prefix) for the given methods. It gets the API's authentication
+// (bearer token or session, with CSRF checks) unless Public: a public one
+// checks credentials of its own.
+type Mount struct {
+	Methods []string
+	Path    string
+	Handler http.Handler
+	Public  bool
 }
 
 // Route is one entry of the route table.
@@ -167,6 +181,11 @@ func newServer(d Deps) *server {
 	s.api("DELETE /api/v1/tokens/{id}", s.deleteToken)
 
 	s.commandRoutes()
+	for _, m := range d.Mounts {
+		for _, method := range m.Methods {
+			s.handle(method+" "+m.Path, m.Public, m.Handler.ServeHTTP)
+		}
+	}
 
 	s.public("GET /api/v1/openapi.json", s.openapi)
 	s.mux.HandleFunc("/api/", s.notFound)

@@ -155,6 +155,7 @@ func evalJS[T any](b *browser, expr string) T {
 // shot saves a full-page PNG under test-artifacts/screenshots.
 func (b *browser) shot(name string) {
 	b.t.Helper()
+	evalJS[bool](b, `(() => { window.scrollTo(0, 0); return true })()`) // the sticky header belongs at the top
 	png, err := chromedp.Run(b.ctx, chromedp.FullScreenshot(100))
 	if err != nil {
 		b.t.Logf("screenshot %s: %v", name, err)
@@ -320,7 +321,8 @@ func TestBrowserDashboard(t *testing.T) {
 	if h2.Addrs().HTTP != h.Addrs().HTTP {
 		t.Fatalf("restarted on %s, want %s", h2.Addrs().HTTP, h.Addrs().HTTP)
 	}
-	b.do(chromedp.Navigate(base + "/#/deadletters"))
+	// A new URL (not just a new #fragment), so the page loads again.
+	b.do(chromedp.Navigate(base + "/?restarted#/deadletters"))
 	b.login(admin)
 	b.do(chromedp.Click(chromedp.ID("dl-replayed")))
 	b.wait("the dead letter again", `document.querySelector("tr[data-dl] button[data-replay]") !== null`)
@@ -369,4 +371,3 @@ func relaxedTypes(t *testing.T, types map[string]*telemetry.DeviceType) map[stri
 	out["thermostat"] = &th
 	return out
 }
-

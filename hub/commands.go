@@ -1,14 +1,11 @@
 package hub
 
 import (
-	"context"
-	"errors"
 	"fmt"
 
 	"github.com/fieldhub/fieldhub/broker"
 	"github.com/fieldhub/fieldhub/command"
 	"github.com/fieldhub/fieldhub/dashboard"
-	"github.com/fieldhub/fieldhub/telemetry"
 )
 
 // setupCommands creates the command service and wires it to the broker:
@@ -20,14 +17,14 @@ import (
 // stopped.
 func (h *Hub) setupCommands() (*command.Service, error) {
 	svc, err := command.New(command.Options{
-		Ledger: h.Registry, Publisher: BrokerPublisher{h.Broker},
+		Ledger: h.Registry, Publisher: h.commandPublisher(), // roles.go: the embedded or an external broker
 		DefaultTimeout: h.cfg.Commands.DefaultTimeout, MaxTimeout: h.cfg.Commands.MaxTimeout,
 		Logger: h.log, Registerer: h.metrics,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("create command service: %w", err)
 	}
-	RegisterCommands(h.Broker, svc)
+	h.registerCommands(svc) // roles.go
 	if h.Events != nil {
 		// Live view: every stored transition as a "command" event.
 		// Events.Publish never blocks.
@@ -42,16 +39,7 @@ func (h *Hub) setupCommands() (*command.Service, error) {
 // RegisterCommands connects a command service to a broker (before the
 // broker starts). Exported for tests that run the two without a hub.
 func RegisterCommands(b *broker.Broker, svc *command.Service) {
-	b.Handle(telemetry.TopicReply, func(ctx context.Context, m broker.Message) error {
-		return svc.HandleReply(ctx, incoming(m))
-	})
-	b.Handle(telemetry.TopicTwinReported, func(ctx context.Context, m broker.Message) error {
-		err := svc.HandleReported(ctx, incoming(m))
-		if errors.Is(err, command.ErrRejected) {
-			return fmt.Errorf("%w: %w", broker.ErrRejected, err)
-		}
-		return err
-	})
+	registerCommandHandlers(b, svc) // roles.go, shared with external brokers
 	b.AddObserver(svc)
 }
 

@@ -12,15 +12,29 @@ import (
 // httpHandler builds the HTTP side: API, live events, web UI, operations.
 // It runs in Start, after the broker is listening, so the API can tell new
 // devices the bound MQTT address.
-func (h *Hub) httpHandler() http.Handler {
-	b := h.Broker.Addrs()
-	return dashboard.New(dashboard.Deps{
-		Registry: h.Registry, Store: h.Store, Ingest: h.Ingest, Commands: h.Commands, Events: h.Events,
+// mounts (roles.go) add the Prometheus API and the broker auth hook.
+func (h *Hub) httpHandler(mounts []dashboard.Mount) http.Handler {
+	d := dashboard.Deps{
+		Registry: h.Registry, Store: h.Store, Events: h.Events,
 		Types:   h.cfg.Types,
-		Info:    dashboard.Info{MQTT: b.TCP, WS: b.WS, TLS: b.TLS, Store: h.cfg.Store.Backend},
+		Info:    dashboard.Info{Store: h.cfg.Store.Backend},
 		Metrics: h.metrics, Registerer: h.metrics, Logger: h.log,
-		Ready: func() error { return nil },
-	})
+		Ready:  h.ready, // roles.go: the external broker connections
+		Mounts: mounts,
+	}
+	// Roles this process does not run leave their routes out (or 503):
+	// no typed nil pointers in the interfaces.
+	if h.Ingest != nil {
+		d.Ingest = h.Ingest
+	}
+	if h.Commands != nil {
+		d.Commands = h.Commands
+	}
+	if h.Broker != nil {
+		b := h.Broker.Addrs()
+		d.Info.MQTT, d.Info.WS, d.Info.TLS = b.TCP, b.WS, b.TLS
+	}
+	return dashboard.New(d)
 }
 
 // publishReadings feeds a committed batch to the live view: the reading

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -46,6 +47,8 @@ type Hub struct {
 	Events *dashboard.Events
 	// Commands is the command ledger and twin service (hub/commands.go).
 	Commands *command.Service // issue 4 (commands)
+
+	roleState // roles.go: external broker clients, the Prometheus API
 
 	httpSrv *http.Server
 	httpLn  net.Listener
@@ -100,7 +103,12 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (h *Hub, err
 	}
 
 	var minValid func() int64
-	switch cfg.Store.Backend {
+	// The store serves ingest and the dashboard; a command worker has none.
+	backend := cfg.Store.Backend
+	if !cfg.Has(config.RoleIngest) && !cfg.Has(config.RoleDashboard) {
+		backend = ""
+	}
+	switch backend {
 	case "tsdb":
 		s, err := tsdb.Open(tsdb.Options{
 			Dir: filepath.Join(cfg.DataDir, "tsdb"), Retention: cfg.Store.Retention,
@@ -129,61 +137,93 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (h *Hub, err
 		h.Store = s
 	}
 
+	if err := h.setupExternal(); err != nil { // roles.go
+		return nil, err
+	}
+	if cfg.Has(config.RoleBroker) {
+		if err := h.setupBroker(); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Has(config.RoleIngest) {
+		h.Ingest, err = ingest.New(ingest.Options{
+			Store: h.Store, Registry: h.Registry, Types: cfg.Types, MinValidTime: minValid,
+			MaxFuture: cfg.Ingest.MaxFuture, QoS0Queue: cfg.Ingest.QoS0Queue,
+			Publish:  h.publishErrorReport,
+			OnCommit: h.publishReadings,
+			OnReject: h.publishRejection,
+			Logger:   log, Registerer: h.metrics,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("create ingest: %w", err)
+		}
+		h.ingestBus().Handle(telemetry.TopicTelemetry, h.handleTelemetry)
+	}
+	if cfg.Has(config.RoleCommand) {
+		if h.Commands, err = h.setupCommands(); err != nil { // issue 4 (commands)
+			return nil, err
+		}
+	}
+	return h, nil
+}
+
+// setupBroker creates the embedded broker.
+func (h *Hub) setupBroker() (err error) {
+	cfg := h.cfg
 	h.Broker, err = broker.New(broker.Config{
 		Addr: cfg.MQTT.Addr, WSAddr: cfg.MQTT.WSAddr,
 		TLS:           broker.TLSConfig{Addr: cfg.MQTT.TLS.Addr, CertFile: cfg.MQTT.TLS.Cert, KeyFile: cfg.MQTT.TLS.Key, ClientCAFile: cfg.MQTT.TLS.ClientCA},
 		MaxPacketSize: cfg.MQTT.MaxPacketSize, ConnectTimeout: cfg.MQTT.ConnectTimeout,
 		ReceiveMaximum: cfg.MQTT.ReceiveMaximum, MaxInflight: cfg.MQTT.MaxInflight,
 		MaxQueued: cfg.MQTT.MaxQueued, MaxClients: cfg.MQTT.MaxClients,
-	}, broker.Deps{Auth: h.Registry, Presence: h.Registry, Logger: log, Registerer: h.metrics})
+	}, broker.Deps{Auth: h.Registry, Presence: h.Registry, Logger: h.log, Registerer: h.metrics})
 	if err != nil {
-		return nil, fmt.Errorf("create broker: %w", err)
-	}
-
-	h.Ingest, err = ingest.New(ingest.Options{
-		Store: h.Store, Registry: h.Registry, Types: cfg.Types, MinValidTime: minValid,
-		MaxFuture: cfg.Ingest.MaxFuture, QoS0Queue: cfg.Ingest.QoS0Queue,
-		Publish: func(topic string, payload []byte) error {
-			return h.Broker.Publish(topic, payload, broker.PublishOptions{QoS: 1})
-		},
-		OnCommit: h.publishReadings,
-		OnReject: h.publishRejection,
-		Logger:   log, Registerer: h.metrics,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("create ingest: %w", err)
+		return fmt.Errorf("create broker: %w", err)
 	}
 	h.Broker.AddObserver(presenceEvents{h.Events})
-	if h.Commands, err = h.setupCommands(); err != nil { // issue 4 (commands)
-		return nil, err
+	return nil
+}
+
+// handleTelemetry hands a device's telemetry to ingest (from the embedded
+// broker or an external broker's client).
+func (h *Hub) handleTelemetry(ctx context.Context, m broker.Message) error {
+	err := h.Ingest.Ingest(ctx, m.Device, m.Payload, m.QoS, m.Received)
+	if errors.Is(err, ingest.ErrRejected) {
+		return fmt.Errorf("%w: %w", broker.ErrRejected, err)
 	}
-	h.Broker.Handle(telemetry.TopicTelemetry, func(ctx context.Context, m broker.Message) error {
-		err := h.Ingest.Ingest(ctx, m.Device, m.Payload, m.QoS, m.Received)
-		if errors.Is(err, ingest.ErrRejected) {
-			return fmt.Errorf("%w: %w", broker.ErrRejected, err)
-		}
-		return err
-	})
-	return h, nil
+	return err
 }
 
 // Start starts serving: the committer, then the broker, then HTTP. It
 // writes data_dir/hub.json with the bound addresses.
 func (h *Hub) Start(ctx context.Context) error {
-	h.Ingest.Start()
-	// issue 4 (commands): resume the ledger before devices can connect.
-	if err := h.Commands.Start(ctx); err != nil {
-		return fmt.Errorf("start commands: %w", err)
+	if h.Ingest != nil {
+		h.Ingest.Start()
 	}
-	if err := h.Broker.Start(ctx); err != nil {
-		return fmt.Errorf("start broker: %w", err)
+	// issue 4 (commands): resume the ledger before devices can connect.
+	if h.Commands != nil {
+		if err := h.Commands.Start(ctx); err != nil {
+			return fmt.Errorf("start commands: %w", err)
+		}
+	}
+	if h.Broker != nil {
+		if err := h.Broker.Start(ctx); err != nil {
+			return fmt.Errorf("start broker: %w", err)
+		}
+	}
+	if err := h.startExternal(ctx); err != nil { // roles.go
+		return fmt.Errorf("connect to the MQTT broker: %w", err)
+	}
+	handler, err := h.handler() // roles.go
+	if err != nil {
+		return fmt.Errorf("http: %w", err)
 	}
 	ln, err := net.Listen("tcp", h.cfg.HTTP.Addr)
 	if err != nil {
 		return fmt.Errorf("listen http %s: %w", h.cfg.HTTP.Addr, err)
 	}
 	h.httpLn = ln
-	h.httpSrv = &http.Server{Handler: h.httpHandler(), ReadHeaderTimeout: 10 * time.Second}
+	h.httpSrv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	go func() { h.httpErr <- h.httpSrv.Serve(ln) }()
 
 	a := h.Addrs()
@@ -191,14 +231,18 @@ func (h *Hub) Start(ctx context.Context) error {
 	if err := os.WriteFile(filepath.Join(h.cfg.DataDir, RunFile), b, 0o600); err != nil {
 		return fmt.Errorf("write run file: %w", err)
 	}
-	h.log.Info("fieldhub serving", "mqtt", a.MQTT, "ws", a.WS, "tls", a.TLS, "http", "http://"+a.HTTP, "data_dir", h.cfg.DataDir, "store", h.cfg.Store.Backend)
+	h.log.Info("fieldhub serving", "roles", strings.Join(h.cfg.Roles, ","), "mqtt", a.MQTT, "ws", a.WS, "tls", a.TLS, "mqtt_url", h.cfg.MQTT.URL,
+		"http", "http://"+a.HTTP, "data_dir", h.cfg.DataDir, "store", h.cfg.Store.Backend)
 	return nil
 }
 
 // Addrs reports the bound addresses.
 func (h *Hub) Addrs() Addrs {
-	b := h.Broker.Addrs()
-	a := Addrs{MQTT: b.TCP, WS: b.WS, TLS: b.TLS, PID: os.Getpid(), DataDir: h.cfg.DataDir}
+	a := Addrs{PID: os.Getpid(), DataDir: h.cfg.DataDir}
+	if h.Broker != nil {
+		b := h.Broker.Addrs()
+		a.MQTT, a.WS, a.TLS = b.TCP, b.WS, b.TLS
+	}
 	if h.httpLn != nil {
 		a.HTTP = h.httpLn.Addr().String()
 	}
@@ -214,21 +258,33 @@ func (h *Hub) Stop(ctx context.Context) error {
 	h.stopped = true
 	var errs []error
 	_ = os.Remove(filepath.Join(h.cfg.DataDir, RunFile))
-	h.Commands.StopWaiting() // issue 4 (commands): end long polls so Shutdown need not wait for them
-	h.Events.Close()         // issue 6 (dashboard): end live event streams so Shutdown need not wait for them
+	if h.Commands != nil {
+		h.Commands.StopWaiting() // issue 4 (commands): end long polls so Shutdown need not wait for them
+	}
+	h.Events.Close() // issue 6 (dashboard): end live event streams so Shutdown need not wait for them
 	if h.httpSrv != nil {
 		if err := h.httpSrv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("stop http: %w", err))
 		}
 	}
-	if err := h.Broker.Stop(ctx); err != nil {
-		errs = append(errs, fmt.Errorf("stop broker: %w", err))
+	if h.Broker != nil {
+		if err := h.Broker.Stop(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("stop broker: %w", err))
+		}
 	}
-	if err := h.Commands.Stop(ctx); err != nil { // issue 4 (commands): after the broker, no more events
-		errs = append(errs, err)
+	errs = append(errs, h.stopExternal(ctx)...) // roles.go: no more messages, the taken ones acknowledged
+	if h.Commands != nil {
+		if err := h.Commands.Stop(ctx); err != nil { // issue 4 (commands): after the broker, no more events
+			errs = append(errs, err)
+		}
 	}
-	if err := h.Ingest.Stop(ctx); err != nil {
-		errs = append(errs, err)
+	if h.Ingest != nil {
+		if err := h.Ingest.Stop(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if h.promAPI != nil {
+		_ = h.promAPI.Close()
 	}
 	errs = append(errs, h.closeStores())
 	return errors.Join(errs...)

@@ -20,7 +20,7 @@ export class MetricChart {
   private ro: ResizeObserver;
   private stepSec = 1;
 
-  constructor(parent: HTMLElement, readonly metric: string, unit: string, onZoom: (fromMs: number, toMs: number) => void) {
+  constructor(parent: HTMLElement, readonly metric: string, unit: string, onZoom: (fromMs: number, toMs: number) => void, bool = false) {
     this.el = document.createElement("div");
     this.el.className = "chart";
     this.el.dataset.metric = metric;
@@ -28,15 +28,18 @@ export class MetricChart {
     const width = Math.max(300, parent.clientWidth - 2);
     const opts: uPlot.Options = {
       width, height: 180,
-      scales: { x: { time: true } },
+      // Booleans are stored as 0/1: draw them as steps on a fixed 0..1 axis.
+      scales: bool ? { x: { time: true }, y: { range: [-0.1, 1.1] } } : { x: { time: true } },
       legend: { show: true },
       cursor: { drag: { x: true, y: false, setScale: false } },
       series: [
         {},
         { label: unit ? `${metric} (${unit})` : metric, stroke: "#1f6feb", width: 1.5, fill: "rgba(31,111,235,0.08)", points: { show: false },
+          paths: bool ? uPlot.paths.stepped!({ align: 1 }) : undefined,
           value: (_u, v) => (v == null ? "—" : String(Number(v.toFixed(3)))) },
       ],
-      axes: [{ stroke: "#5b6776", grid: { stroke: "#eef1f4" } }, { stroke: "#5b6776", grid: { stroke: "#eef1f4" }, size: 56 }],
+      axes: [{ stroke: "#5b6776", grid: { stroke: "#eef1f4" } },
+        { stroke: "#5b6776", grid: { stroke: "#eef1f4" }, size: 56, ...(bool ? { splits: () => [0, 1], values: (_u: uPlot, v: number[]) => v.map((x) => (x ? "true" : "false")) } : {}) }],
       hooks: {
         setSelect: [(u) => {
           if (u.select.width < 5) return;

@@ -310,6 +310,26 @@ func (s *Server) Restart(t testing.TB) {
 func (s *Server) Pause(t testing.TB) {
 	t.Helper()
 	s.signal(t, syscall.SIGSTOP)
+	// Signals are delivered asynchronously: wait until the kernel reports
+	// the process stopped, so the caller's next request meets a hung server.
+	s.mu.Lock()
+	pid := s.cmd.Process.Pid
+	s.mu.Unlock()
+	deadline := time.Now().Add(stopTimeout)
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatalf("influxdtest: pause: %v", err)
+		}
+		// The state is the field after the parenthesised command name.
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && (b[i+2] == 'T' || b[i+2] == 't') {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("influxdtest: influxd did not stop within %s of SIGSTOP", stopTimeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // Resume lets a paused influxd run again (SIGCONT).

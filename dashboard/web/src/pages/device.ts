@@ -40,6 +40,8 @@ export function devicePage(ctx: Ctx, id: string): () => void {
   let device: Device | undefined;
   const typeOf = () => ctx.types.find((t) => t.name === device?.type);
   const unitOf = (m: string) => typeOf()?.metrics?.[m]?.unit ?? "";
+  // Booleans are stored as 0/1; show them as such when the type says so.
+  const fmtValue = (m: string, v: number) => (typeOf()?.metrics?.[m]?.type === "bool" ? (v ? "true" : "false") : fmtNum(v));
 
   // ---- device and latest values
   const renderDevice = () => {
@@ -55,7 +57,7 @@ export function devicePage(ctx: Ctx, id: string): () => void {
     clear(latestBox, latest.length === 0
       ? h("p", { class: "muted" }, "No readings stored yet. The device publishes to ", h("code", null, `devices/${id}/telemetry`), ".")
       : latest.map((s) => h("div", { class: "lcard", "data-metric": s.metric },
-        h("div", { class: "card-label" }, s.metric), h("div", { class: "card-value" }, fmtNum(s.value), h("small", null, " " + unitOf(s.metric))),
+        h("div", { class: "card-label" }, s.metric), h("div", { class: "card-value" }, fmtValue(s.metric, s.value), h("small", null, " " + unitOf(s.metric))),
         h("div", { class: "card-sub", title: fmtTime(s.ts) }, relTime(s.ts)))));
   };
   const loadDevice = async () => {
@@ -78,11 +80,9 @@ export function devicePage(ctx: Ctx, id: string): () => void {
   let zoom: [number, number] | null = null;
   const chartMap = new Map<string, MetricChart>();
   const window_ = (): [number, number] => zoom ?? [Date.now() - range, Date.now()];
-  const chartMetrics = () => {
-    const names = new Set((device?.latest ?? []).map((s) => s.metric));
-    for (const [m, spec] of Object.entries(typeOf()?.metrics ?? {})) if (spec.type !== "string") names.add(m);
-    return [...names].sort();
-  };
+  // Charts for the metrics the device has sent (a declared metric it never
+  // sent would only be an empty chart).
+  const chartMetrics = () => [...new Set((device?.latest ?? []).map((s) => s.metric))].sort();
   const onZoom = (from: number, to: number) => { zoom = [from, to]; renderRange(); loadCharts(); };
   const ensureCharts = () => {
     const ms = chartMetrics();
@@ -93,7 +93,7 @@ export function devicePage(ctx: Ctx, id: string): () => void {
     charts.querySelector("#no-charts")?.remove();
     let added = false;
     for (const m of ms) {
-      if (!chartMap.has(m)) { chartMap.set(m, new MetricChart(charts, m, unitOf(m), onZoom)); added = true; }
+      if (!chartMap.has(m)) { chartMap.set(m, new MetricChart(charts, m, unitOf(m), onZoom, typeOf()?.metrics?.[m]?.type === "bool")); added = true; }
     }
     if (added) loadCharts();
   };

@@ -64,12 +64,14 @@ export function devicesPage(ctx: Ctx): () => void {
     });
   };
 
-  const unitOf = (d: Device, metric: string) => ctx.types.find((t) => t.name === d.type)?.metrics?.[metric]?.unit ?? "";
+  const specOf = (d: Device, metric: string) => ctx.types.find((t) => t.name === d.type)?.metrics?.[metric];
+  const unitOf = (d: Device, metric: string) => specOf(d, metric)?.unit ?? "";
+  const fmtValue = (d: Device, s: LatestSample) => (specOf(d, s.metric)?.type === "bool" ? (s.value ? "true" : "false") : fmtNum(s.value));
   const latestText = (d: Device) => {
     const l = latest.get(d.id);
     if (!l) return h("span", { class: "muted" }, "…");
     if (l.samples.length === 0) return h("span", { class: "muted" }, "no data");
-    return l.samples.slice(0, 4).map((s) => h("span", { class: "kv" }, h("span", { class: "k" }, s.metric), " ", fmtNum(s.value), unitOf(d, s.metric) ? " " + unitOf(d, s.metric) : ""));
+    return l.samples.slice(0, 4).map((s) => h("span", { class: "kv" }, h("span", { class: "k" }, s.metric), " ", fmtValue(d, s), unitOf(d, s.metric) ? " " + unitOf(d, s.metric) : ""));
   };
 
   let frame = 0;
