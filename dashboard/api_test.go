@@ -462,6 +462,9 @@ func TestSummaryAPI(t *testing.T) {
 	if readings != 3 || rejections != 1 || len(s.Rates.Readings) != 60 || s.Rates.ReadingsPerSec <= 0 || s.Rates.RejectionsPerSec <= 0 {
 		t.Errorf("rates = %+v; want 3 readings and 1 rejection counted", s.Rates)
 	}
+	if len(s.RecentRejections) != 1 || s.RecentRejections[0].Device != "a" || s.RecentRejections[0].Type != EventRejection {
+		t.Errorf("recent rejections = %+v", s.RecentRejections)
+	}
 }
 
 // TestTokensAPI: list (marks the caller's), create (201, the secret once,

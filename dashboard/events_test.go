@@ -344,3 +344,19 @@ func TestSSEStalledClientDropped(t *testing.T) {
 	testkit.Eventually(t, 30*time.Second, func() bool { return f.ev.Stats().Subscribers == 0 }, "the stalled stream ended")
 	t.Logf("dropped after %d commits of 200 samples; ingest kept committing", committed)
 }
+
+// TestRecentRejections keeps the last 20 rejections, oldest first, whether
+// or not anyone subscribes.
+func TestRecentRejections(t *testing.T) {
+	e := NewEvents(8)
+	if got := e.RecentRejections(); len(got) != 0 {
+		t.Fatalf("fresh: %v", got)
+	}
+	for i := range 25 {
+		e.PublishRejection(registry.DeadLetter{ID: int64(i), Device: fmt.Sprint("d", i), Reason: "out_of_range"})
+	}
+	got := e.RecentRejections()
+	if len(got) != 20 || got[0].Device != "d5" || got[19].Device != "d24" {
+		t.Errorf("recent = %d events, first %s, last %s; want d5..d24", len(got), got[0].Device, got[len(got)-1].Device)
+	}
+}

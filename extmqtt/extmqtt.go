@@ -87,8 +87,9 @@ type Options struct {
 	CleanSession bool
 	// Concurrency bounds the messages handled at once; it should exceed
 	// the broker's in-flight window per client (Mosquitto's
-	// max_inflight_messages, 20 by default; EMQX's max_inflight, 32), so
-	// every in-flight message joins the next commit. Default 256.
+	// max_inflight_messages, 20 by default; EMQX's max_inflight, 32; both
+	// worth raising for ingest workers, see docs/deploy.md), so every
+	// in-flight message joins the next commit. Default 1024.
 	Concurrency int
 	// ConnectTimeout bounds the first connection (Start) and each attempt
 	// to reconnect. Default 10s.
@@ -170,7 +171,7 @@ func New(o Options) (*Client, error) {
 		return nil, fmt.Errorf("extmqtt: group %q may not hold '/', '+' or '#'", o.Group)
 	}
 	if o.Concurrency <= 0 {
-		o.Concurrency = 256
+		o.Concurrency = 1024
 	}
 	if o.ConnectTimeout <= 0 {
 		o.ConnectTimeout = 10 * time.Second

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/devicesim"
 	"github.com/fieldhub/fieldhub/internal/testkit"
+	"github.com/fieldhub/fieldhub/registry"
 	"github.com/fieldhub/fieldhub/telemetry"
 )
 
@@ -370,4 +371,51 @@ func relaxedTypes(t *testing.T, types map[string]*telemetry.DeviceType) map[stri
 	th.Metrics["temperature"] = spec
 	out["thermostat"] = &th
 	return out
+}
+
+// TestBrowserDeviceList10k measures the device list page with 10,000
+// devices in Chromium: time to load the whole list, to jump to the middle
+// and to sort. It only reports (no thresholds) and runs only with
+// FIELDHUB_MEASURE=1, as it spends a while registering devices.
+func TestBrowserDeviceList10k(t *testing.T) {
+	if os.Getenv("FIELDHUB_MEASURE") != "1" {
+		t.Skip("a measurement: set FIELDHUB_MEASURE=1 to run it")
+	}
+	b := newBrowser(t)
+	h := startHub(t, testConfig(t))
+	base := "http://" + h.Addrs().HTTP
+	ctx := context.Background()
+	start := time.Now()
+	for i := range 10_000 {
+		id := fmt.Sprintf("dev-%05d", i)
+		if _, _, err := h.Registry.CreateDevice(ctx, registry.DeviceSpec{ID: id, Type: []string{"thermostat", "door", "meter"}[i%3],
+			Labels: map[string]string{"site": fmt.Sprintf("site-%02d", i%20)}}); err != nil {
+			t.Fatal(err)
+		}
+		if i%3 == 0 {
+			h.Registry.SetPresence(ctx, id, true, time.Now())
+		}
+		if i%10 == 0 {
+			h.Ingest.Ingest(ctx, id, []byte(`{"metrics": {"temperature": 21.5, "humidity": 40}}`), 0, time.Now())
+		}
+	}
+	t.Logf("registered 10,000 devices in %s", time.Since(start).Round(time.Millisecond))
+	b.do(chromedp.Navigate(base + "/"))
+	b.login(adminToken(t, h))
+	start = time.Now()
+	b.do(chromedp.Navigate(base + "/#/devices"))
+	b.wait("10,000 devices", `document.querySelector("#device-count")?.textContent === "10000 devices"`)
+	t.Logf("list of 10,000 loaded in %s", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	evalJS[bool](b, `(() => { const v = document.querySelector("#device-list"); v.scrollTop = 5000 * 38; v.dispatchEvent(new Event("scroll")); return true })()`)
+	b.wait("the middle rows", `document.querySelector('#device-list .vrow[data-id="dev-05000"]') !== null`)
+	b.wait("their latest values", `document.querySelector('#device-list .vrow[data-id="dev-05000"] .kv') !== null`)
+	t.Logf("jump to the middle, with latest values, in %s", time.Since(start).Round(time.Millisecond))
+	start = time.Now()
+	b.do(chromedp.Click(chromedp.CSS(".vhead .c-seen")))
+	b.wait("sorted by last seen", `document.querySelector(".vhead .c-seen").textContent.includes("▲")`)
+	t.Logf("sort 10,000 rows by last seen in %s", time.Since(start).Round(time.Millisecond))
+	rows := evalJS[int](b, `document.querySelectorAll("#device-list .vrow").length`)
+	t.Logf("rows in the DOM: %d", rows)
+	b.shot("11-devices-10k")
 }

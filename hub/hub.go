@@ -232,8 +232,24 @@ func (h *Hub) Start(ctx context.Context) error {
 		return fmt.Errorf("write run file: %w", err)
 	}
 	h.log.Info("fieldhub serving", "roles", strings.Join(h.cfg.Roles, ","), "mqtt", a.MQTT, "ws", a.WS, "tls", a.TLS, "mqtt_url", h.cfg.MQTT.URL,
-		"http", "http://"+a.HTTP, "data_dir", h.cfg.DataDir, "store", h.cfg.Store.Backend)
+		"http", a.HTTP, "data_dir", h.cfg.DataDir, "store", h.cfg.Store.Backend)
+	// Tell a newcomer where to go and how to get in.
+	h.log.Info("open the dashboard and log in with the admin token", "url", browseURL(a.HTTP),
+		"token_file", filepath.Join(h.cfg.DataDir, AdminTokenFile))
 	return nil
+}
+
+// browseURL turns a listen address into a URL a browser on this machine
+// can open: an unspecified host (":8080", "[::]:8080") becomes localhost.
+func browseURL(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "http://" + addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/"
 }
 
 // Addrs reports the bound addresses.

@@ -48,7 +48,7 @@ export function devicesPage(ctx: Ctx): () => void {
   const renderHead = () => clear(head, cols.map(([key, label, cls]) => {
     const el = h("div", { class: "vcell " + cls + (key ? " sortable" : "") }, label || (key === "online" ? "●" : ""),
       key === sortKey ? (sortDir > 0 ? " ▲" : " ▼") : "");
-    if (key) el.addEventListener("click", () => { sortDir = key === sortKey ? -sortDir : 1; sortKey = key; sortRows(); renderHead(); render(); });
+    if (key) el.addEventListener("click", () => { sortDir = key === sortKey ? -sortDir : 1; sortKey = key; sortRows(); renderHead(); viewport.scrollTop = 0; render(); });
     return el;
   }));
 
@@ -127,6 +127,7 @@ export function devicesPage(ctx: Ctx): () => void {
     }
     status.textContent = "Loading…";
     clear(err);
+    viewport.scrollTop = 0;
     const got: Device[] = [];
     truncated = false;
     try {
