@@ -9,7 +9,7 @@
 //	GET      /api/v1/label/{name}/values label values
 //	GET|POST /api/v1/series              series matching match[]
 //	GET      /api/v1/metadata            always empty (fieldhub keeps no metric metadata)
-//	GET      /api/v1/status/buildinfo    the engine's version, for clients that ask
+//	GET      /api/v1/status/buildinfo    a Prometheus 3 version, for clients that pick features by it
 //
 // Paths are relative to where the handler is mounted; the hub mounts it at
 // /prometheus (so Grafana's URL is http://hub:8080/prometheus) behind the
