@@ -401,6 +401,16 @@ func LoadDeviceTypes(file string) (map[string]*telemetry.DeviceType, error) {
 	return types, nil
 }
 
+// MaxReadingAge is how old a reading may be when it arrives: the embedded
+// store's out-of-order window behind the hub's clock (older ones are
+// rejected as too_old); InfluxDB takes any age, so 0 there.
+func (c *Config) MaxReadingAge() time.Duration {
+	if c.Store.Backend == "tsdb" {
+		return c.Store.OutOfOrderWindow
+	}
+	return 0
+}
+
 // Logger builds the slog logger the config asks for.
 func (c *Config) Logger(w *os.File) *slog.Logger {
 	var lvl slog.Level

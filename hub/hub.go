@@ -118,13 +118,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (h *Hub, err
 		if err != nil {
 			return nil, fmt.Errorf("open embedded store: %w", err)
 		}
-		// Readings older than the out-of-order window behind the hub's clock
-		// are too old even while the store is empty or idle, so the rule does
-		// not depend on what other devices happened to send.
-		window := cfg.Store.OutOfOrderWindow
-		h.Store, minValid = s, func() int64 {
-			return max(s.MinValidTime(), time.Now().Add(-window).UnixMilli())
-		}
+		h.Store, minValid = s, s.MinValidTime
 	case "influx":
 		i := cfg.Store.Influx
 		s, err := influx.Open(ctx, influx.Options{
@@ -147,7 +141,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (h *Hub, err
 	}
 	if cfg.Has(config.RoleIngest) {
 		h.Ingest, err = ingest.New(ingest.Options{
-			Store: h.Store, Registry: h.Registry, Types: cfg.Types, MinValidTime: minValid,
+			Store: h.Store, Registry: h.Registry, Types: cfg.Types, MinValidTime: minValid, MaxAge: cfg.MaxReadingAge(),
 			MaxFuture: cfg.Ingest.MaxFuture, QoS0Queue: cfg.Ingest.QoS0Queue,
 			Publish:  h.publishErrorReport,
 			OnCommit: h.publishReadings,

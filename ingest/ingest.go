@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"sync"
 	"time"
 
@@ -58,6 +59,11 @@ type Options struct {
 	// MinValidTime, if set, gives the oldest timestamp (unix ms) the store
 	// accepts now; older readings are rejected as too_old up front.
 	MinValidTime func() int64
+	// MaxAge, if set, rejects readings older than this behind the hub's
+	// clock as too_old, whatever the store would take at the moment: the
+	// embedded store's out-of-order window, so the rule does not depend on
+	// what other devices happened to send.
+	MaxAge time.Duration
 	// MaxFuture rejects readings stamped further ahead of the hub's clock.
 	MaxFuture time.Duration
 	// QoS0Queue bounds the QoS 0 samples waiting for a commit; beyond it new
@@ -249,9 +255,12 @@ func (p *Pipeline) check(ctx context.Context, device string, payload []byte, now
 		return nil, &Rejection{Reason: "bad_payload", Detail: err.Error()}
 	}
 	dt := p.types.get(ctx, device)
-	var minTS int64
+	minTS := int64(math.MinInt64)
 	if p.opts.MinValidTime != nil {
 		minTS = p.opts.MinValidTime()
+	}
+	if p.opts.MaxAge > 0 {
+		minTS = max(minTS, now-p.opts.MaxAge.Milliseconds())
 	}
 	maxTS := now + p.opts.MaxFuture.Milliseconds()
 	for i := range readings {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -330,4 +331,23 @@ func BenchmarkIngestQoS1Parallel(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "readings/s")
+}
+
+// TestMaxAge: a reading older than MaxAge behind the hub's clock is too old
+// even when the store (empty, idle) would take it.
+func TestMaxAge(t *testing.T) {
+	g := &gateStore{}
+	p, _, _ := newPipeline(t, g, func(o *Options) {
+		o.MaxAge = time.Hour
+		o.MinValidTime = func() int64 { return math.MinInt64 } // an empty store takes anything
+	})
+	now := time.Now()
+	err := p.Ingest(context.Background(), "d", payload(now.Add(-2*time.Hour).UnixMilli(), 1), 1, now)
+	var rej *Rejection
+	if !errors.As(err, &rej) || rej.Reason != "too_old" {
+		t.Fatalf("a reading 2h old with MaxAge 1h: %v, want too_old", err)
+	}
+	if err := p.Ingest(context.Background(), "d", payload(now.Add(-30*time.Minute).UnixMilli(), 1), 1, now); err != nil {
+		t.Fatalf("a reading 30m old: %v", err)
+	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/fieldhub/fieldhub/config"
 	"github.com/fieldhub/fieldhub/hub"
 	"github.com/fieldhub/fieldhub/ingest"
+	"github.com/fieldhub/fieldhub/registry"
 	"github.com/fieldhub/fieldhub/store"
 	"github.com/fieldhub/fieldhub/store/influx"
 	"github.com/fieldhub/fieldhub/store/tsdb"
@@ -134,14 +135,12 @@ func (a *app) withLocalPipeline(cmd *cobra.Command, cfg *config.Config, fn func(
 		return err
 	}
 	defer st.Close()
-	reg, err := a.openRegistry(cmd)
-	if err != nil {
-		return err
-	}
-	defer reg.Close()
-	p, err := ingest.New(ingest.Options{Store: st, Registry: reg, Types: cfg.Types, MinValidTime: minValid, MaxFuture: cfg.Ingest.MaxFuture})
-	if err != nil {
-		return err
-	}
-	return fn(p)
+	return a.withRegistry(cmd, func(reg *registry.Registry) error {
+		p, err := ingest.New(ingest.Options{Store: st, Registry: reg, Types: cfg.Types, MinValidTime: minValid,
+			MaxAge: cfg.MaxReadingAge(), MaxFuture: cfg.Ingest.MaxFuture})
+		if err != nil {
+			return err
+		}
+		return fn(p)
+	})
 }

@@ -22,20 +22,17 @@ func newDeadLetterCmd(a *app) *cobra.Command {
 		Short: "List dead letters as JSON (not yet replayed ones unless --all)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg, err := a.openRegistry(cmd)
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
-			dls, err := reg.DeadLetters(cmd.Context(), registry.DeadLetterFilter{Device: device, Reason: reason, IncludeReplayed: all, Limit: limit})
-			if err != nil {
-				return err
-			}
-			out := make([]dashboard.DeadLetter, 0, len(dls))
-			for _, d := range dls {
-				out = append(out, dashboard.FromDeadLetter(d))
-			}
-			return writeJSONOut(a, out)
+			return a.withRegistry(cmd, func(reg *registry.Registry) error {
+				dls, err := reg.DeadLetters(cmd.Context(), registry.DeadLetterFilter{Device: device, Reason: reason, IncludeReplayed: all, Limit: limit})
+				if err != nil {
+					return err
+				}
+				out := make([]dashboard.DeadLetter, 0, len(dls))
+				for _, d := range dls {
+					out = append(out, dashboard.FromDeadLetter(d))
+				}
+				return writeJSONOut(a, out)
+			})
 		},
 	}
 	list.Flags().StringVar(&device, "device", "", "only this device's")

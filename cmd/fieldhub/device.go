@@ -15,14 +15,20 @@ import (
 	"github.com/fieldhub/fieldhub/registry"
 )
 
-// openRegistry opens the registry of the configured data_dir. SQLite in WAL
-// mode lets this run while `fieldhub serve` has the same file open.
-func (a *app) openRegistry(cmd *cobra.Command) (*registry.Registry, error) {
+// withRegistry runs fn with the registry of the configured data_dir open.
+// SQLite in WAL mode lets this run while `fieldhub serve` has the same file
+// open.
+func (a *app) withRegistry(cmd *cobra.Command, fn func(reg *registry.Registry) error) error {
 	cfg, err := a.config()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return registry.Open(cmd.Context(), filepath.Join(cfg.DataDir, "registry.db"), slog.New(slog.DiscardHandler))
+	reg, err := registry.Open(cmd.Context(), filepath.Join(cfg.DataDir, "registry.db"), slog.New(slog.DiscardHandler))
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	return fn(reg)
 }
 
 func newDeviceCmd(a *app) *cobra.Command {
@@ -47,17 +53,14 @@ now; it is stored as a hash.`,
 				}
 				lm[k] = v
 			}
-			reg, err := a.openRegistry(cmd)
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
-			_, tok, err := reg.CreateDevice(cmd.Context(), registry.DeviceSpec{ID: args[0], Type: typ, Labels: lm})
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(a.stdout, tok)
-			return nil
+			return a.withRegistry(cmd, func(reg *registry.Registry) error {
+				_, tok, err := reg.CreateDevice(cmd.Context(), registry.DeviceSpec{ID: args[0], Type: typ, Labels: lm})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(a.stdout, tok)
+				return nil
+			})
 		},
 	}
 	add.Flags().StringVar(&typ, "type", "", "device type (see configs/device-types.yaml)")
@@ -70,33 +73,30 @@ now; it is stored as a hash.`,
 		Short: "List devices",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg, err := a.openRegistry(cmd)
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
-			var all []registry.Device
-			f := registry.DeviceFilter{Type: ltype, Limit: 1000}
-			for {
-				page, err := reg.Devices(cmd.Context(), f)
-				if err != nil {
-					return err
+			return a.withRegistry(cmd, func(reg *registry.Registry) error {
+				var all []registry.Device
+				f := registry.DeviceFilter{Type: ltype, Limit: 1000}
+				for {
+					page, err := reg.Devices(cmd.Context(), f)
+					if err != nil {
+						return err
+					}
+					all = append(all, page...)
+					if len(page) < f.Limit {
+						break
+					}
+					f.After = page[len(page)-1].ID
 				}
-				all = append(all, page...)
-				if len(page) < f.Limit {
-					break
+				if asJSON {
+					return writeJSONOut(a, all)
 				}
-				f.After = page[len(page)-1].ID
-			}
-			if asJSON {
-				return writeJSONOut(a, all)
-			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tTYPE\tONLINE\tLAST SEEN\tLABELS")
-			for _, d := range all {
-				fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\n", d.ID, d.Type, d.Online, fmtTime(d.LastSeen), fmtLabels(d.Labels))
-			}
-			return tw.Flush()
+				tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "ID\tTYPE\tONLINE\tLAST SEEN\tLABELS")
+				for _, d := range all {
+					fmt.Fprintf(tw, "%s\t%s\t%v\t%s\t%s\n", d.ID, d.Type, d.Online, fmtTime(d.LastSeen), fmtLabels(d.Labels))
+				}
+				return tw.Flush()
+			})
 		},
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -107,16 +107,13 @@ now; it is stored as a hash.`,
 		Short: "Show one device as JSON",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg, err := a.openRegistry(cmd)
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
-			d, err := reg.Device(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			return writeJSONOut(a, d)
+			return a.withRegistry(cmd, func(reg *registry.Registry) error {
+				d, err := reg.Device(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				return writeJSONOut(a, d)
+			})
 		},
 	}
 	rm := &cobra.Command{
@@ -124,12 +121,9 @@ now; it is stored as a hash.`,
 		Short: "Remove a device and its token",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg, err := a.openRegistry(cmd)
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
-			return reg.DeleteDevice(cmd.Context(), args[0])
+			return a.withRegistry(cmd, func(reg *registry.Registry) error {
+				return reg.DeleteDevice(cmd.Context(), args[0])
+			})
 		},
 	}
 	rotate := &cobra.Command{
@@ -137,17 +131,14 @@ now; it is stored as a hash.`,
 		Short: "Replace a device's token; prints the new one, the old one stops working",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reg, err := a.openRegistry(cmd)
-			if err != nil {
-				return err
-			}
-			defer reg.Close()
-			tok, err := reg.RotateDeviceToken(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			fmt.Fprintln(a.stdout, tok)
-			return nil
+			return a.withRegistry(cmd, func(reg *registry.Registry) error {
+				tok, err := reg.RotateDeviceToken(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(a.stdout, tok)
+				return nil
+			})
 		},
 	}
 	c.AddCommand(add, list, show, rm, rotate)
