@@ -3,51 +3,16 @@ package devicesim
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/fieldhub/fieldhub/internal/testkit"
+	"github.com/fieldhub/fieldhub/internal/testkit/hubproc"
 )
-
-var (
-	fieldhubOnce sync.Once
-	fieldhubBin  string
-	fieldhubErr  error
-)
-
-// buildFieldhub builds ./cmd/fieldhub once per test binary run, or uses
-// the binary named by FIELDHUB_BIN.
-func buildFieldhub(t *testing.T) string {
-	t.Helper()
-	if p := os.Getenv("FIELDHUB_BIN"); p != "" {
-		return p
-	}
-	fieldhubOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "devicesim-fieldhub-")
-		if err != nil {
-			fieldhubErr = err
-			return
-		}
-		fieldhubBin = filepath.Join(dir, "fieldhub")
-		cmd := exec.Command("go", "build", "-o", fieldhubBin, "./cmd/fieldhub")
-		cmd.Dir = testkit.RepoRoot()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			fieldhubErr = fmt.Errorf("go build ./cmd/fieldhub: %v\n%s", err, out)
-		}
-	})
-	if fieldhubErr != nil {
-		t.Fatal(fieldhubErr)
-	}
-	return fieldhubBin
-}
 
 // hubProcess is `fieldhub serve` as a child process on free ports.
 type hubProcess struct {
@@ -59,54 +24,10 @@ type hubProcess struct {
 
 func startFieldhub(t *testing.T) *hubProcess {
 	t.Helper()
-	bin := buildFieldhub(t)
-	dataDir := t.TempDir()
-	logPath := filepath.Join(t.TempDir(), "hub.log")
-	logf, err := os.Create(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "serve", "--data-dir", dataDir, "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "", "--http-addr", "127.0.0.1:0")
-	dieWithTest(cmd)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); logf.Close(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logPath)
-			t.Logf("hub log:\n%s", b)
-		}
-	})
-	h := &hubProcess{dataDir: dataDir, cli: &FieldhubCLI{Path: bin, DataDir: dataDir}}
-	testkit.Eventually(t, 60*time.Second, func() bool {
-		select {
-		case <-done:
-			b, _ := os.ReadFile(logPath)
-			t.Fatalf("fieldhub serve exited:\n%s", b)
-		default:
-		}
-		b, err := os.ReadFile(filepath.Join(dataDir, "hub.json"))
-		if err != nil {
-			return false
-		}
-		var rf struct{ MQTT, HTTP string }
-		if json.Unmarshal(b, &rf) != nil || rf.MQTT == "" || rf.HTTP == "" {
-			return false
-		}
-		h.mqtt, h.http = "tcp://"+rf.MQTT, "http://"+rf.HTTP
-		return true
-	}, "fieldhub serve to write hub.json")
-	return h
+	p := hubproc.Start(t, t.TempDir())
+	a := p.Addrs()
+	return &hubProcess{dataDir: p.DataDir, mqtt: "tcp://" + a.MQTT, http: "http://" + a.HTTP,
+		cli: &FieldhubCLI{Path: hubproc.Build(t), DataDir: p.DataDir}}
 }
 
 // api calls the hub's HTTP API with the admin token.

@@ -5,118 +5,24 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/fieldhub/fieldhub/internal/testkit"
+	"github.com/fieldhub/fieldhub/internal/testkit/mosquittotest"
 )
 
-// mosquittoPath finds Debian's broker, which lives in /usr/sbin (not on a
-// non-root PATH).
-func mosquittoPath(t testing.TB) string {
+// devicesimBroker is Mosquitto as the devices' tests want it: anonymous,
+// no inflight limit (the load tests keep many messages in flight), no
+// connection limit.
+const devicesimBroker = "max_inflight_messages 0\nmax_connections -1\n"
+
+func startMosquitto(t testing.TB) *mosquittotest.Server {
 	t.Helper()
-	if p, err := exec.LookPath("mosquitto"); err == nil {
-		return p
-	}
-	if st, err := os.Stat("/usr/sbin/mosquitto"); err == nil && !st.IsDir() {
-		return "/usr/sbin/mosquitto"
-	}
-	return testkit.Binary(t, "mosquitto")
-}
-
-// mosquitto is a real broker run by a test, restartable on the same port.
-type mosquitto struct {
-	t    testing.TB
-	bin  string
-	conf string
-	addr string
-	log  string
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-func startMosquitto(t testing.TB) *mosquitto {
-	t.Helper()
-	dir := t.TempDir()
-	addr := testkit.FreeAddr(t)
-	_, port, _ := net.SplitHostPort(addr)
-	conf := filepath.Join(dir, "mosquitto.conf")
-	cfg := fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_queued_messages 100000\nmax_connections -1\nlog_type error\nlog_type warning\n", port)
-	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	m := &mosquitto{t: t, bin: mosquittoPath(t), conf: conf, addr: addr, log: filepath.Join(dir, "mosquitto.log")}
-	m.start()
-	t.Cleanup(func() {
-		m.stop()
-		if t.Failed() {
-			b, _ := os.ReadFile(m.log)
-			t.Logf("mosquitto log:\n%s", b)
-		}
-	})
-	return m
-}
-
-func (m *mosquitto) url() string { return "tcp://" + m.addr }
-
-func (m *mosquitto) start() {
-	m.t.Helper()
-	logf, err := os.OpenFile(m.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		m.t.Fatal(err)
-	}
-	cmd := exec.Command(m.bin, "-c", m.conf)
-	dieWithTest(cmd)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		m.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); logf.Close(); close(done) }()
-	m.mu.Lock()
-	m.cmd, m.done = cmd, done
-	m.mu.Unlock()
-	testkit.Eventually(m.t, 20*time.Second, func() bool {
-		select {
-		case <-done:
-			b, _ := os.ReadFile(m.log)
-			m.t.Fatalf("mosquitto exited:\n%s", b)
-		default:
-		}
-		c, err := net.DialTimeout("tcp", m.addr, time.Second)
-		if err != nil {
-			return false
-		}
-		c.Close()
-		return true
-	}, "mosquitto to listen on "+m.addr)
-}
-
-func (m *mosquitto) stop() {
-	m.mu.Lock()
-	cmd, done := m.cmd, m.done
-	m.cmd = nil
-	m.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		cmd.Process.Kill()
-		<-done
-	}
+	return mosquittotest.Start(t, mosquittotest.Options{Extra: devicesimBroker})
 }
 
 // proxy forwards TCP to a target and can cut every connection through it,

@@ -73,9 +73,9 @@ devices:
 // subscriber, once, in order, with the values the seed dictates.
 func TestProfileRunAgainstMosquitto(t *testing.T) {
 	mq := startMosquitto(t)
-	w := newWatcher(t, mq.url(), "devices/+/telemetry")
+	w := newWatcher(t, mq.URL, "devices/+/telemetry")
 	p := testProfile(t, fleetProfile)
-	f := startFleet(t, FleetConfig{Profile: p, Broker: mq.url(), Anonymous: true})
+	f := startFleet(t, FleetConfig{Profile: p, Broker: mq.URL, Anonymous: true})
 
 	testkit.Eventually(t, 30*time.Second, func() bool {
 		for _, d := range f.Devices() {
@@ -128,8 +128,8 @@ func TestProfileRunAgainstMosquitto(t *testing.T) {
 // arrive after the reconnect, batched, with their original timestamps.
 func TestBufferingThroughDisconnect(t *testing.T) {
 	mq := startMosquitto(t)
-	px := startProxy(t, mq.addr)
-	w := newWatcher(t, mq.url(), "devices/+/telemetry")
+	px := startProxy(t, mq.Addr)
+	w := newWatcher(t, mq.URL, "devices/+/telemetry")
 	p := testProfile(t, `
 seed: 5
 interval: 30ms
@@ -282,8 +282,8 @@ devices:
       humidity: {model: random_walk, start: 50, step: 1, min: 0, max: 100}
 `)
 	id := p.Devices()[0].ID
-	w := newWatcher(t, mq.url(), "devices/"+id+"/#")
-	f := startFleet(t, FleetConfig{Profile: p, Broker: mq.url(), Anonymous: true, RebootDelay: 300 * time.Millisecond})
+	w := newWatcher(t, mq.URL, "devices/"+id+"/#")
+	f := startFleet(t, FleetConfig{Profile: p, Broker: mq.URL, Anonymous: true, RebootDelay: 300 * time.Millisecond})
 	d := f.Device(id)
 	testkit.Eventually(t, 30*time.Second, func() bool { return d.Stats().Subscribes == 1 }, "the device to subscribe")
 	c := &commander{t: t, w: w, id: id}
@@ -415,7 +415,7 @@ devices:
 // fault equals the device's counter.
 func TestFaultsCountedExactly(t *testing.T) {
 	mq := startMosquitto(t)
-	w := newWatcher(t, mq.url(), "devices/+/telemetry")
+	w := newWatcher(t, mq.URL, "devices/+/telemetry")
 	p := testProfile(t, `
 seed: 77
 interval: 10ms
@@ -431,7 +431,7 @@ devices:
     metrics:
       t: {model: sine, period: 1s, amplitude: 1, offset: 20}
 `)
-	f := startFleet(t, FleetConfig{Profile: p, Broker: mq.url(), Anonymous: true})
+	f := startFleet(t, FleetConfig{Profile: p, Broker: mq.URL, Anonymous: true})
 	testkit.Eventually(t, 60*time.Second, func() bool { return f.Stats().ReadingsAcked >= 200 }, "200 readings")
 	f.Stop()
 	st := f.Stats()
@@ -476,7 +476,7 @@ devices:
 // followed by a reconnect) and no reading is lost to them.
 func TestDisconnectStorm(t *testing.T) {
 	mq := startMosquitto(t)
-	w := newWatcher(t, mq.url(), "devices/+/telemetry")
+	w := newWatcher(t, mq.URL, "devices/+/telemetry")
 	p := testProfile(t, `
 seed: 3
 interval: 20ms
@@ -488,7 +488,7 @@ devices:
     metrics:
       t: {model: random_walk, step: 1, min: 0, max: 10}
 `)
-	f := startFleet(t, FleetConfig{Profile: p, Broker: mq.url(), Anonymous: true})
+	f := startFleet(t, FleetConfig{Profile: p, Broker: mq.URL, Anonymous: true})
 	testkit.Eventually(t, 30*time.Second, func() bool { return f.Stats().StormDrops >= 6 }, "three storms")
 	testkit.Eventually(t, 30*time.Second, func() bool {
 		s := f.Stats()
@@ -522,7 +522,7 @@ devices:
 // receives no sooner than its delay, and counts each delayed message.
 func TestSlowConsumer(t *testing.T) {
 	mq := startMosquitto(t)
-	w := newWatcher(t, mq.url(), "devices/#")
+	w := newWatcher(t, mq.URL, "devices/#")
 	p := testProfile(t, `
 seed: 3
 interval: 50ms
@@ -533,7 +533,7 @@ devices:
     metrics:
       t: {model: constant, value: 1}
 `)
-	f := startFleet(t, FleetConfig{Profile: p, Broker: mq.url(), Anonymous: true})
+	f := startFleet(t, FleetConfig{Profile: p, Broker: mq.URL, Anonymous: true})
 	id := f.Devices()[0].ID()
 	testkit.Eventually(t, 30*time.Second, func() bool { return f.Device(id).Stats().Subscribes > 0 }, "a subscription")
 	c := &commander{t: t, w: w, id: id}
@@ -567,7 +567,7 @@ devices:
 expect: [delivered=all, replies=0]
 `)
 	res, err := Run(t.Context(), RunConfig{
-		Fleet:    FleetConfig{Profile: p, Broker: mq.url(), Anonymous: true},
+		Fleet:    FleetConfig{Profile: p, Broker: mq.URL, Anonymous: true},
 		Duration: 500 * time.Millisecond,
 		Settle:   10 * time.Second,
 	})
@@ -580,7 +580,7 @@ expect: [delivered=all, replies=0]
 	// The stored expectation needs a hub; without one it fails clearly.
 	exps, _ := ParseExpectations([]string{"stored=all", "errors>=1"})
 	res, err = Run(t.Context(), RunConfig{
-		Fleet:    FleetConfig{Profile: p, Broker: mq.url(), Anonymous: true},
+		Fleet:    FleetConfig{Profile: p, Broker: mq.URL, Anonymous: true},
 		Duration: 300 * time.Millisecond,
 		Expect:   exps,
 		Settle:   time.Second,
@@ -605,7 +605,7 @@ func TestLoadAgainstMosquitto(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := tc.cfg
-			cfg.Broker, cfg.Anonymous, cfg.Duration = mq.url(), true, 1500*time.Millisecond
+			cfg.Broker, cfg.Anonymous, cfg.Duration = mq.URL, true, 1500*time.Millisecond
 			cfg.IDPrefix = strings.ReplaceAll(tc.name, " ", "-") + "-"
 			var progress []LoadProgress
 			cfg.Progress = func(p LoadProgress) { progress = append(progress, p) }
@@ -649,7 +649,7 @@ func TestLoadCountsWhenBrokerDies(t *testing.T) {
 	mq := startMosquitto(t)
 	done := make(chan *LoadReport, 1)
 	go func() {
-		rep, err := RunLoad(t.Context(), LoadConfig{Broker: mq.url(), Anonymous: true, Devices: 5, Rate: 100, QoS: 1,
+		rep, err := RunLoad(t.Context(), LoadConfig{Broker: mq.URL, Anonymous: true, Devices: 5, Rate: 100, QoS: 1,
 			Duration: 2 * time.Second, Drain: 500 * time.Millisecond, IDPrefix: "dies-"})
 		if err != nil {
 			t.Error(err)
@@ -657,7 +657,7 @@ func TestLoadCountsWhenBrokerDies(t *testing.T) {
 		done <- rep
 	}()
 	time.Sleep(800 * time.Millisecond)
-	mq.stop()
+	mq.Stop()
 	rep := <-done
 	if rep == nil {
 		return

@@ -341,7 +341,7 @@ func TestBrowserDashboard(t *testing.T) {
 	b.wait("the token list", `document.querySelector("table")?.textContent.includes("admin")`)
 	b.shot("09-tokens")
 	b.do(chromedp.Navigate(base + "/#/help"))
-	b.wait("the Grafana recipe", `document.querySelector("#grafana pre")?.textContent.includes("telemetry")`)
+	b.wait("the Grafana recipe", `document.querySelector("#grafana pre")?.textContent.includes("temperature")`)
 	b.shot("10-help")
 
 	// Logout ends the session.

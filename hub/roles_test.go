@@ -23,6 +23,7 @@ import (
 	"github.com/fieldhub/fieldhub/command"
 	"github.com/fieldhub/fieldhub/config"
 	"github.com/fieldhub/fieldhub/internal/testkit"
+	"github.com/fieldhub/fieldhub/internal/testkit/hubproc"
 	"github.com/fieldhub/fieldhub/internal/testkit/influxdtest"
 	"github.com/fieldhub/fieldhub/internal/testkit/mosquittotest"
 	"github.com/fieldhub/fieldhub/registry"
@@ -31,19 +32,6 @@ import (
 )
 
 const roleWait = 60 * time.Second // generous: a shared 2-core machine
-
-// buildFieldhub builds ./cmd/fieldhub into the test's temp dir (the Go
-// build cache makes the second build quick).
-func buildFieldhub(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "fieldhub")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/fieldhub")
-	cmd.Dir = testkit.RepoRoot()
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build ./cmd/fieldhub: %v\n%s", err, out)
-	}
-	return bin
-}
 
 // workerProc is `fieldhub serve` as a child process, restartable with the
 // same config (and so the same client id and data_dir).
@@ -315,7 +303,7 @@ func TestIngestWorkersShareMosquitto(t *testing.T) {
 	}
 	mq := mosquittotest.Start(t, mosquittotest.Options{})
 	ix := influxdtest.Start(t)
-	bin := buildFieldhub(t)
+	bin := hubproc.Build(t)
 	a := startWorker(t, bin, "worker-a", workerYAML(mq.URL, "worker-a", ix))
 	b := startWorker(t, bin, "worker-b", workerYAML(mq.URL, "worker-b", ix))
 	st := openInflux(t, ix)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/fieldhub/fieldhub/devicesim"
 	"github.com/fieldhub/fieldhub/internal/testkit"
+	"github.com/fieldhub/fieldhub/internal/testkit/hubproc"
 	"github.com/fieldhub/fieldhub/internal/testkit/influxdtest"
 	"github.com/fieldhub/fieldhub/internal/testkit/mosquittotest"
 	"github.com/fieldhub/fieldhub/registry"
@@ -37,7 +38,7 @@ func TestMeasureScaleOut(t *testing.T) {
 	if d, err := time.ParseDuration(os.Getenv("FIELDHUB_BENCH_DURATION")); err == nil {
 		dur = d
 	}
-	fieldhub := buildFieldhub(t)
+	fieldhub := hubproc.Build(t)
 	devsim := filepath.Join(t.TempDir(), "devicesim")
 	cmd := exec.Command("go", "build", "-o", devsim, "./cmd/devicesim")
 	cmd.Dir = testkit.RepoRoot()

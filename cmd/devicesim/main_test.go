@@ -4,18 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 
 	"github.com/fieldhub/fieldhub/devicesim"
-	"github.com/fieldhub/fieldhub/internal/testkit"
+	"github.com/fieldhub/fieldhub/internal/testkit/hubproc"
+	"github.com/fieldhub/fieldhub/internal/testkit/mosquittotest"
 )
 
 // run executes the CLI in-process and returns stdout, stderr and the error.
@@ -28,56 +24,9 @@ func run(t *testing.T, args ...string) (string, string, error) {
 	return out.String(), errb.String(), err
 }
 
-func startProcess(t *testing.T, logName string, name string, args ...string) {
-	t.Helper()
-	logf, err := os.Create(filepath.Join(t.TempDir(), logName))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(name, args...)
-	dieWithTest(cmd)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("%s log:\n%s", name, b)
-		}
-	})
-}
-
 func startMosquitto(t *testing.T) string {
 	t.Helper()
-	bin := "/usr/sbin/mosquitto"
-	if p, err := exec.LookPath("mosquitto"); err == nil {
-		bin = p
-	} else if _, err := os.Stat(bin); err != nil {
-		bin = testkit.Binary(t, "mosquitto")
-	}
-	addr := testkit.FreeAddr(t)
-	_, port, _ := net.SplitHostPort(addr)
-	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
-	os.WriteFile(conf, []byte(fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nmax_inflight_messages 0\nmax_connections -1\n", port)), 0o600)
-	startProcess(t, "mosquitto.log", bin, "-c", conf)
-	testkit.Eventually(t, 20*time.Second, func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}, "mosquitto to listen")
-	return "tcp://" + addr
+	return mosquittotest.Start(t, mosquittotest.Options{Extra: "max_inflight_messages 0\nmax_connections -1\n"}).URL
 }
 
 func writeProfile(t *testing.T, y string) string {
@@ -170,21 +119,8 @@ devices:
 // TestAgainstFieldhubProvisionAndRun: the documented CI flow, provision
 // then run with expectations checked through the fieldhub CLI.
 func TestAgainstFieldhubProvisionAndRun(t *testing.T) {
-	bin := os.Getenv("FIELDHUB_BIN")
-	if bin == "" {
-		bin = filepath.Join(t.TempDir(), "fieldhub")
-		build := exec.Command("go", "build", "-o", bin, "./cmd/fieldhub")
-		build.Dir = testkit.RepoRoot()
-		if out, err := build.CombinedOutput(); err != nil {
-			t.Fatalf("go build ./cmd/fieldhub: %v\n%s", err, out)
-		}
-	}
-	dataDir := t.TempDir()
-	startProcess(t, "hub.log", bin, "serve", "--data-dir", dataDir, "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "", "--http-addr", "127.0.0.1:0")
-	testkit.Eventually(t, 60*time.Second, func() bool {
-		_, err := brokerFromRunFile(dataDir)
-		return err == nil
-	}, "the hub's run file")
+	hub := hubproc.Start(t, t.TempDir())
+	bin, dataDir := hubproc.Build(t), hub.DataDir
 
 	prof := writeProfile(t, `
 seed: 8

@@ -15,6 +15,7 @@ import (
 	"github.com/fieldhub/fieldhub/command"
 	"github.com/fieldhub/fieldhub/dashboard"
 	"github.com/fieldhub/fieldhub/internal/testkit"
+	"github.com/fieldhub/fieldhub/internal/testkit/hubproc"
 	"github.com/fieldhub/fieldhub/registry"
 )
 
@@ -30,10 +31,10 @@ type cmdDevice struct {
 // connectCmdDevice connects id to the hub and subscribes to its commands.
 // answer (may be nil) picks the reply for each command; with manualAck
 // the device does not PUBACK by itself (see ack).
-func connectCmdDevice(t *testing.T, p *hubProc, id, token string, manualAck bool, answer func(command.Message) *command.Reply) *cmdDevice {
+func connectCmdDevice(t *testing.T, p *hubproc.Proc, id, token string, manualAck bool, answer func(command.Message) *command.Reply) *cmdDevice {
 	t.Helper()
 	d := &cmdDevice{t: t, id: id, got: make(chan command.Message, 100), msgs: make(chan mqtt.Message, 100)}
-	o := mqtt.NewClientOptions().AddBroker("tcp://" + p.addrs.MQTT).SetClientID(id).SetUsername(id).SetPassword(token).
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + p.Addrs().MQTT).SetClientID(id).SetUsername(id).SetPassword(token).
 		SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).SetAutoAckDisabled(manualAck)
 	d.c = mqtt.NewClient(o)
 	if tk := d.c.Connect(); !tk.WaitTimeout(20*time.Second) || tk.Error() != nil {
@@ -275,8 +276,8 @@ func TestCommandRestartKill9(t *testing.T) {
 		t.Fatalf("command for the offline device is %s, want queued", queued.State)
 	}
 
-	p.signal(syscall.SIGKILL)
-	<-p.done
+	p.Signal(syscall.SIGKILL)
+	p.Wait()
 
 	p2 := startHubProc(t, dataDir)
 	d2 := connectCmdDevice(t, p2, "k9-cmd", tok, false, nil)
@@ -323,7 +324,7 @@ func TestTwinCLI(t *testing.T) {
 	}
 
 	got := make(chan command.DesiredMessage, 10)
-	o := mqtt.NewClientOptions().AddBroker("tcp://" + p.addrs.MQTT).SetClientID("twin-cli").SetUsername("twin-cli").SetPassword(tok).SetAutoReconnect(false)
+	o := mqtt.NewClientOptions().AddBroker("tcp://" + p.Addrs().MQTT).SetClientID("twin-cli").SetUsername("twin-cli").SetPassword(tok).SetAutoReconnect(false)
 	c := mqtt.NewClient(o)
 	if tk := c.Connect(); !tk.WaitTimeout(20*time.Second) || tk.Error() != nil {
 		t.Fatalf("connect: %v", tk.Error())
@@ -353,7 +354,7 @@ func TestTwinCLI(t *testing.T) {
 	}
 
 	// stdin form.
-	cmd := exec.Command(fieldhubBin(t), "twin", "set", "twin-cli", "-", "--data-dir", dataDir)
+	cmd := exec.Command(hubproc.Build(t), "twin", "set", "twin-cli", "-", "--data-dir", dataDir)
 	cmd.Stdin = strings.NewReader(`{"interval": 60}`)
 	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), `"version": 2`) {
 		t.Fatalf("twin set from stdin: %v %s", err, out)

@@ -22,94 +22,15 @@ import (
 
 	"github.com/fieldhub/fieldhub/hub"
 	"github.com/fieldhub/fieldhub/internal/testkit"
+	"github.com/fieldhub/fieldhub/internal/testkit/hubproc"
 	"github.com/fieldhub/fieldhub/registry"
 	"github.com/fieldhub/fieldhub/store"
 )
 
-var (
-	buildOnce sync.Once
-	binPath   string
-	buildErr  error
-)
-
-// fieldhubBin builds the fieldhub binary once per test run.
-func fieldhubBin(t *testing.T) string {
+// startHubProc runs `fieldhub serve` on dataDir as a child process.
+func startHubProc(t *testing.T, dataDir string, extra ...string) *hubproc.Proc {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fieldhub-bin-")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		binPath = filepath.Join(dir, "fieldhub")
-		args := []string{"build", "-o", binPath}
-		if raceEnabled {
-			args = append(args, "-race")
-		}
-		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
-		if err != nil {
-			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
-		}
-	})
-	if buildErr != nil {
-		t.Fatal(buildErr)
-	}
-	return binPath
-}
-
-// hubProc is `fieldhub serve` running as a child process.
-type hubProc struct {
-	cmd   *exec.Cmd
-	addrs hub.Addrs
-	log   *os.File
-	done  chan struct{}
-}
-
-func startHubProc(t *testing.T, dataDir string, extra ...string) *hubProc {
-	t.Helper()
-	bin := fieldhubBin(t)
-	_ = os.Remove(filepath.Join(dataDir, hub.RunFile))
-	logf, err := os.CreateTemp(t.TempDir(), "hub-*.log")
-	if err != nil {
-		t.Fatal(err)
-	}
-	args := append([]string{"serve", "--data-dir", dataDir, "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "", "--http-addr", "127.0.0.1:0"}, extra...)
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &hubProc{cmd: cmd, log: logf, done: make(chan struct{})}
-	go func() { cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() {
-		p.signal(syscall.SIGKILL)
-		<-p.done
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("hub log:\n%s", b)
-		}
-	})
-	testkit.Eventually(t, 60*time.Second, func() bool {
-		select {
-		case <-p.done:
-			b, _ := os.ReadFile(logf.Name())
-			t.Fatalf("hub exited early:\n%s", b)
-		default:
-		}
-		a, err := hub.ReadRunFile(dataDir)
-		if err != nil {
-			return false
-		}
-		p.addrs = a
-		return true
-	}, "the hub to write "+hub.RunFile)
-	return p
-}
-
-func (p *hubProc) signal(sig syscall.Signal) {
-	if p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(sig)
-	}
+	return hubproc.Start(t, dataDir, extra...)
 }
 
 // run runs the fieldhub CLI and returns stdout.
@@ -117,7 +38,7 @@ func run(t *testing.T, env []string, args ...string) (string, string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, fieldhubBin(t), args...)
+	cmd := exec.CommandContext(ctx, hubproc.Build(t), args...)
 	cmd.Env = append(os.Environ(), env...)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -125,13 +46,13 @@ func run(t *testing.T, env []string, args ...string) (string, string, error) {
 	return out.String(), errb.String(), err
 }
 
-func apiGet(t *testing.T, p *hubProc, dataDir, path string, out any) {
+func apiGet(t *testing.T, p *hubproc.Proc, dataDir, path string, out any) {
 	t.Helper()
 	tok, err := os.ReadFile(filepath.Join(dataDir, hub.AdminTokenFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest("GET", "http://"+p.addrs.HTTP+path, nil)
+	req, _ := http.NewRequest("GET", "http://"+p.Addrs().HTTP+path, nil)
 	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(tok)))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -180,7 +101,7 @@ func TestKillNineLosesNoAckedReading(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			id := fmt.Sprintf("k9-%02d", i)
-			o := mqtt.NewClientOptions().AddBroker("tcp://" + p.addrs.MQTT).SetClientID(id).SetUsername(id).SetPassword(tokens[i]).
+			o := mqtt.NewClientOptions().AddBroker("tcp://" + p.Addrs().MQTT).SetClientID(id).SetUsername(id).SetPassword(tokens[i]).
 				SetAutoReconnect(false).SetConnectTimeout(10 * time.Second).SetWriteTimeout(5 * time.Second)
 			c := mqtt.NewClient(o)
 			if tk := c.Connect(); !tk.WaitTimeout(20*time.Second) || tk.Error() != nil {
@@ -200,8 +121,8 @@ func TestKillNineLosesNoAckedReading(t *testing.T) {
 		}()
 	}
 	testkit.Eventually(t, 60*time.Second, func() bool { return total.Load() >= 3000 }, "3000 acknowledged readings")
-	p.signal(syscall.SIGKILL)
-	<-p.done
+	p.Signal(syscall.SIGKILL)
+	p.Wait()
 	wg.Wait()
 	t.Logf("%d readings acknowledged before SIGKILL", total.Load())
 
@@ -252,7 +173,7 @@ func TestCLI(t *testing.T) {
 	}
 
 	// Publish with the printed token, then read it back through the running hub.
-	host, port, _ := strings.Cut(p.addrs.MQTT, ":")
+	host, port, _ := strings.Cut(p.Addrs().MQTT, ":")
 	ts := time.Now().Add(-time.Minute).UnixMilli()
 	pub := exec.Command(testkit.Binary(t, "mosquitto_pub"), "-h", host, "-p", port, "-i", "cli-1", "-u", "cli-1", "-P", tok,
 		"-q", "1", "-t", "devices/cli-1/telemetry", "-m", fmt.Sprintf(`{"ts": %d, "metrics": {"power": 42.5}}`, ts))
@@ -292,14 +213,14 @@ func TestCLI(t *testing.T) {
 	}
 
 	// Stop the hub (SIGTERM: ordered shutdown) and read the store directly.
-	p.signal(syscall.SIGTERM)
+	p.Signal(syscall.SIGTERM)
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-time.After(30 * time.Second):
 		t.Fatal("hub did not stop on SIGTERM")
 	}
-	if p.cmd.ProcessState.ExitCode() != 0 {
-		t.Fatalf("hub exit code %d after SIGTERM", p.cmd.ProcessState.ExitCode())
+	if code := p.Wait(); code != 0 {
+		t.Fatalf("hub exit code %d after SIGTERM", code)
 	}
 	checkLatest("hub stopped")
 

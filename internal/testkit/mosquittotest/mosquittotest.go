@@ -123,6 +123,7 @@ func (s *Server) start() error {
 	}
 	cmd := exec.Command(s.bin, "-c", s.conf)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	testkit.KillWithTest(cmd)
 	if err := cmd.Start(); err != nil {
 		logf.Close()
 		return fmt.Errorf("start mosquitto: %w", err)
@@ -155,6 +156,10 @@ func (s *Server) Log() string {
 	b, _ := os.ReadFile(s.log)
 	return string(b)
 }
+
+// Stop stops the broker now (SIGTERM, then SIGKILL), e.g. to test what
+// clients do when it dies. The test's cleanup stops it anyway.
+func (s *Server) Stop() { s.stop() }
 
 func (s *Server) stop() {
 	s.mu.Lock()

@@ -10,6 +10,8 @@ export function helpPage(ctx: Ctx): void {
   |> filter(fn: (r) => r._measurement == "telemetry" and r.device == "${device}")
   |> filter(fn: (r) => r._field == "temperature")
   |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)`;
+  const promql = `avg_over_time(temperature{device="${device}"}[$__interval])`;
+  const influx = ctx.info.store === "influx";
   const code = (s: string) => h("div", { class: "codeline" }, h("pre", null, s), copyButton(() => s));
   clear(ctx.main,
     h("div", { class: "page-head" }, h("h1", null, "Help")),
@@ -19,10 +21,11 @@ export function helpPage(ctx: Ctx): void {
         ? h("p", null, "This hub stores telemetry in ", h("strong", null, "InfluxDB"), ": point Grafana's InfluxDB data source (query language Flux) at the same URL, organization and bucket as the hub's ",
           h("code", null, "store.influx"), " settings, with a read token. Readings are in measurement ", h("code", null, "telemetry"),
           ", tagged ", h("code", null, "device"), ", one field per metric.")
-        : h("p", null, "This hub uses the ", h("strong", null, "embedded store"), ". A Prometheus-compatible read API for Grafana is planned (issue 7); until then, run the hub with ",
-          h("code", null, "store.backend: influx"), " to chart in Grafana, or use the charts here."),
-      h("p", null, "A panel of one metric of ", h("code", null, device), " (Flux):"),
-      code(flux),
+        : h("p", null, "This hub uses the ", h("strong", null, "embedded store"), ". Point Grafana's Prometheus data source at ",
+          h("code", null, location.origin + "/prometheus"), " with the header ", h("code", null, "Authorization: Bearer <token>"),
+          "; each metric is the series ", h("code", null, "<metric>{device=\"<id>\"}"), "."),
+      h("p", null, "A panel of one metric of ", h("code", null, device), influx ? " (Flux):" : " (PromQL):"),
+      code(influx ? flux : promql),
       h("p", { class: "muted" }, "The full recipe, with variables for device and metric and a fleet-wide panel, is in ", h("code", null, "docs/grafana.md"), " in the fieldhub repository.")),
     h("section", { class: "panel" },
       h("h2", null, "API"),

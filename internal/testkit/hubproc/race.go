@@ -1,5 +1,5 @@
 //go:build race
 
-package main
+package hubproc
 
 const raceEnabled = true
