@@ -46,7 +46,7 @@ type Hub struct {
 	// rejections) to the HTTP API's event stream.
 	Events *dashboard.Events
 	// Commands is the command ledger and twin service (hub/commands.go).
-	Commands *command.Service // issue 4 (commands)
+	Commands *command.Service
 
 	roleState // roles.go: external broker clients, the Prometheus API
 
@@ -154,7 +154,7 @@ func New(ctx context.Context, cfg *config.Config, log *slog.Logger) (h *Hub, err
 		h.ingestBus().Handle(telemetry.TopicTelemetry, h.handleTelemetry)
 	}
 	if cfg.Has(config.RoleCommand) {
-		if h.Commands, err = h.setupCommands(); err != nil { // issue 4 (commands)
+		if h.Commands, err = h.setupCommands(); err != nil {
 			return nil, err
 		}
 	}
@@ -194,7 +194,7 @@ func (h *Hub) Start(ctx context.Context) error {
 	if h.Ingest != nil {
 		h.Ingest.Start()
 	}
-	// issue 4 (commands): resume the ledger before devices can connect.
+	// Resume the command ledger before devices can connect.
 	if h.Commands != nil {
 		if err := h.Commands.Start(ctx); err != nil {
 			return fmt.Errorf("start commands: %w", err)
@@ -269,9 +269,9 @@ func (h *Hub) Stop(ctx context.Context) error {
 	var errs []error
 	_ = os.Remove(filepath.Join(h.cfg.DataDir, RunFile))
 	if h.Commands != nil {
-		h.Commands.StopWaiting() // issue 4 (commands): end long polls so Shutdown need not wait for them
+		h.Commands.StopWaiting() // end long polls so Shutdown need not wait for them
 	}
-	h.Events.Close() // issue 6 (dashboard): end live event streams so Shutdown need not wait for them
+	h.Events.Close() // end live event streams so Shutdown need not wait for them
 	if h.httpSrv != nil {
 		if err := h.httpSrv.Shutdown(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("stop http: %w", err))
@@ -284,7 +284,7 @@ func (h *Hub) Stop(ctx context.Context) error {
 	}
 	errs = append(errs, h.stopExternal(ctx)...) // roles.go: no more messages, the taken ones acknowledged
 	if h.Commands != nil {
-		if err := h.Commands.Stop(ctx); err != nil { // issue 4 (commands): after the broker, no more events
+		if err := h.Commands.Stop(ctx); err != nil { // after the broker: no more events
 			errs = append(errs, err)
 		}
 	}
