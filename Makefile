@@ -51,8 +51,7 @@ test-short:
 ## bench: Go benchmarks and the end-to-end load benchmark (see docs/benchmarks.md)
 bench: tools
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./telemetry/ ./store/... ./registry/ ./ingest/
-	FIELDHUB_BENCH=1 $(GO) test -count=1 -timeout 30m -run TestHubLoad -v ./bench/
-	FIELDHUB_BENCH=1 $(GO) test -count=1 -timeout 30m -run TestMeasureScaleOut -v ./hub/
+	FIELDHUB_BENCH=1 $(GO) test -count=1 -timeout 40m -run 'TestHubLoad|TestMeasureScaleOut' -v ./hub/
 
 lint: assets
 	@out=$$(gofmt -l . | grep -v '^vendor/'); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -160,6 +160,13 @@ func (p *Proc) Addrs() Addrs {
 	return p.addrs
 }
 
+// PID is the process id of the current run.
+func (p *Proc) PID() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd.Process.Pid
+}
+
 // Signal sends sig to the current run, if it is running.
 func (p *Proc) Signal(sig syscall.Signal) {
 	p.mu.Lock()
