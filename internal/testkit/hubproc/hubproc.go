@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -71,14 +70,13 @@ type Addrs struct {
 
 // Proc is a running `fieldhub serve`.
 type Proc struct {
+	testkit.Process // Log, Signal, Done, Wait, PID of the current run
+
 	DataDir string
 	Args    []string // after "serve"
-	Log     string   // path of its combined stdout and stderr
 
 	t     testing.TB
 	mu    sync.Mutex
-	cmd   *exec.Cmd
-	done  chan struct{}
 	addrs Addrs
 }
 
@@ -89,17 +87,13 @@ type Proc struct {
 // if the test failed.
 func Start(t testing.TB, dataDir string, args ...string) *Proc {
 	t.Helper()
-	p := &Proc{DataDir: dataDir, t: t, Log: filepath.Join(t.TempDir(), "fieldhub.log"),
+	p := &Proc{DataDir: dataDir, t: t, Process: testkit.Process{Log: filepath.Join(t.TempDir(), "fieldhub.log")},
 		Args: append([]string{"--data-dir", dataDir, "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "", "--http-addr", "127.0.0.1:0"}, args...)}
 	t.Cleanup(func() {
-		p.Signal(syscall.SIGKILL)
+		_ = p.Signal(syscall.SIGKILL)
 		p.Wait()
 		if t.Failed() {
-			b, _ := os.ReadFile(p.Log)
-			if len(b) > 16<<10 {
-				b = b[len(b)-16<<10:]
-			}
-			t.Logf("fieldhub log (%s):\n%s", p.Log, b)
+			t.Logf("fieldhub log (%s):\n%s", p.Log, p.Tail(16<<10))
 		}
 	})
 	p.Restart()
@@ -112,30 +106,8 @@ func (p *Proc) Restart() {
 	p.t.Helper()
 	bin := Build(p.t)
 	_ = os.Remove(filepath.Join(p.DataDir, "hub.json"))
-	logf, err := os.OpenFile(p.Log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	fmt.Fprintf(logf, "--- start %s\n", time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(bin, append([]string{"serve"}, p.Args...)...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	testkit.KillWithTest(cmd)
-	if err := cmd.Start(); err != nil {
-		p.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
-	p.mu.Lock()
-	p.cmd, p.done = cmd, done
-	p.mu.Unlock()
-
-	testkit.Eventually(p.t, startTimeout, func() bool {
-		select {
-		case <-done:
-			b, _ := os.ReadFile(p.Log)
-			p.t.Fatalf("fieldhub serve exited early:\n%s", b)
-		default:
-		}
+	err := p.Start(cmd, startTimeout, func() bool {
 		var a Addrs
 		b, err := os.ReadFile(filepath.Join(p.DataDir, "hub.json"))
 		if err != nil || json.Unmarshal(b, &a) != nil || a.PID != cmd.Process.Pid {
@@ -150,7 +122,10 @@ func (p *Proc) Restart() {
 		p.addrs = a
 		p.mu.Unlock()
 		return resp.StatusCode == http.StatusOK
-	}, "fieldhub serve to be ready")
+	})
+	if err != nil {
+		p.t.Fatalf("fieldhub serve: %v", err)
+	}
 }
 
 // Addrs are the bound addresses of the current run.
@@ -158,49 +133,4 @@ func (p *Proc) Addrs() Addrs {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.addrs
-}
-
-// PID is the process id of the current run.
-func (p *Proc) PID() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.cmd.Process.Pid
-}
-
-// Signal sends sig to the current run, if it is running.
-func (p *Proc) Signal(sig syscall.Signal) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.cmd != nil && p.cmd.Process != nil {
-		_ = p.cmd.Process.Signal(sig)
-	}
-}
-
-// Done is closed when the current run has exited.
-func (p *Proc) Done() <-chan struct{} {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.done
-}
-
-// Wait waits for the current run to exit and returns its exit code.
-func (p *Proc) Wait() int {
-	p.mu.Lock()
-	cmd, done := p.cmd, p.done
-	p.mu.Unlock()
-	if cmd == nil {
-		return -1
-	}
-	<-done
-	return cmd.ProcessState.ExitCode()
-}
-
-// Token is the admin API token the hub wrote on first start.
-func (p *Proc) Token() string {
-	p.t.Helper()
-	b, err := os.ReadFile(filepath.Join(p.DataDir, "admin.token"))
-	if err != nil {
-		p.t.Fatal(err)
-	}
-	return strings.TrimSpace(string(b))
 }

@@ -13,7 +13,6 @@ package influxdtest
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -22,7 +21,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -56,11 +54,7 @@ type Server struct {
 	bin     string
 	dir     string
 	cfgPath string
-	logPath string
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd has exited
+	proc    testkit.Process
 }
 
 // Start runs influxd and creates the database. The test is skipped (or
@@ -76,7 +70,7 @@ func Start(t testing.TB) *Server {
 		bin:     bin,
 		dir:     dir,
 		cfgPath: filepath.Join(dir, "influxd.conf"),
-		logPath: filepath.Join(dir, "influxd.log"),
+		proc:    testkit.Process{Log: filepath.Join(dir, "influxd.log")},
 	}
 	// Registered before the process starts so a failed start is logged too;
 	// it runs before t.TempDir's removal (cleanups run last-in first-out).
@@ -154,46 +148,12 @@ bind-address = ` + q(rpcAddr) + `
 	// are disabled unless configured.
 }
 
-// start runs the process and waits for /ping. Callers hold no lock.
+// start runs the process and waits for /ping.
 func (s *Server) start() error {
-	logf, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return fmt.Errorf("open log: %w", err)
-	}
-	fmt.Fprintf(logf, "--- influxdtest: starting %s at %s\n", s.bin, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(s.bin, "run", "-config", s.cfgPath)
 	cmd.Dir = s.dir
-	cmd.Stdout = logf
-	cmd.Stderr = logf
 	cmd.Env = cleanEnv(s.dir)
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("start influxd: %w", err)
-	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		logf.Close()
-		close(done)
-	}()
-	s.mu.Lock()
-	s.cmd, s.done = cmd, done
-	s.mu.Unlock()
-
-	deadline := time.Now().Add(startTimeout)
-	for {
-		if err := ping(s.URL); err == nil {
-			return nil
-		}
-		select {
-		case <-done:
-			return fmt.Errorf("influxd exited during startup (%s); log:\n%s", cmd.ProcessState, tail(s.logPath, 4096))
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("influxd did not answer %s/ping within %s", s.URL, startTimeout)
-		}
-	}
+	return s.proc.Start(cmd, startTimeout, func() bool { return ping(s.URL) == nil })
 }
 
 // cleanEnv drops INFLUXDB_* variables, which override the config file, and
@@ -287,16 +247,14 @@ func (s *Server) WriteLP(t testing.TB, lines string) (status int, body string) {
 // its data and port for Restart. Stopping a stopped server does nothing.
 func (s *Server) Stop(t testing.TB) {
 	t.Helper()
-	if err := s.stop(); err != nil {
-		t.Fatalf("influxdtest: stop: %v", err)
-	}
+	s.stop()
 }
 
 // Restart starts influxd again on the same port and data, and waits until it
 // answers /ping.
 func (s *Server) Restart(t testing.TB) {
 	t.Helper()
-	if s.running() {
+	if s.proc.Running() {
 		t.Fatalf("influxdtest: Restart while running; Stop first")
 	}
 	if err := s.start(); err != nil {
@@ -312,9 +270,7 @@ func (s *Server) Pause(t testing.TB) {
 	s.signal(t, syscall.SIGSTOP)
 	// Signals are delivered asynchronously: wait until the kernel reports
 	// the process stopped, so the caller's next request meets a hung server.
-	s.mu.Lock()
-	pid := s.cmd.Process.Pid
-	s.mu.Unlock()
+	pid := s.proc.PID()
 	deadline := time.Now().Add(stopTimeout)
 	for {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
@@ -340,78 +296,17 @@ func (s *Server) Resume(t testing.TB) {
 
 func (s *Server) signal(t testing.TB, sig syscall.Signal) {
 	t.Helper()
-	if !s.running() {
+	if !s.proc.Running() {
 		t.Fatalf("influxdtest: %v: influxd is not running", sig)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.cmd.Process.Signal(sig); err != nil {
+	if err := s.proc.Signal(sig); err != nil {
 		t.Fatalf("influxdtest: %v: %v", sig, err)
 	}
 }
 
-func (s *Server) running() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.done == nil {
-		return false
-	}
-	select {
-	case <-s.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// stop sends SIGTERM, waits, then kills. It returns an error only when the
-// process survived the kill.
-func (s *Server) stop() error {
-	s.mu.Lock()
-	cmd, done := s.cmd, s.done
-	s.mu.Unlock()
-	if cmd == nil {
-		return nil
-	}
-	select {
-	case <-done:
-		return nil
-	default:
-	}
-	_ = cmd.Process.Signal(syscall.SIGCONT) // in case it was paused
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-		return nil
-	case <-time.After(stopTimeout):
-	}
-	_ = cmd.Process.Kill()
-	select {
-	case <-done:
-		return nil
-	case <-time.After(stopTimeout):
-		return errors.New("influxd did not exit after SIGKILL")
-	}
-}
+// stop sends SIGTERM (continuing a paused server first), waits, then kills.
+func (s *Server) stop() { s.proc.Stop(stopTimeout) }
 
 func (s *Server) dumpLog(t testing.TB) {
-	t.Logf("influxd log (%s, last 16 KiB):\n%s", s.logPath, tail(s.logPath, 16<<10))
-}
-
-// tail returns the last n bytes of a file.
-func tail(path string, n int64) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return err.Error()
-	}
-	if off := st.Size() - n; off > 0 {
-		_, _ = f.Seek(off, io.SeekStart)
-	}
-	b, _ := io.ReadAll(f)
-	return string(b)
+	t.Logf("influxd log (%s, last 16 KiB):\n%s", s.proc.Log, s.proc.Tail(16<<10))
 }

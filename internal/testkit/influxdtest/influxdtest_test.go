@@ -94,9 +94,7 @@ func TestStopRestart(t *testing.T) {
 // :8088 or the wildcard address. Linux only (reads /proc).
 func TestListensOnLoopbackOnly(t *testing.T) {
 	s := Start(t)
-	s.mu.Lock()
-	pid := s.cmd.Process.Pid
-	s.mu.Unlock()
+	pid := s.proc.PID()
 	inodes, err := socketInodes(pid)
 	if err != nil {
 		t.Fatalf("cannot read /proc: %v", err)

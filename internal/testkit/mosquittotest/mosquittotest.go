@@ -4,7 +4,6 @@
 package mosquittotest
 
 import (
-	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -13,8 +12,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -38,11 +35,8 @@ type Server struct {
 	// Addr is host:port; URL is tcp://Addr.
 	Addr, URL string
 
-	bin, conf, log string
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	bin, conf string
+	proc      testkit.Process
 }
 
 // Start runs mosquitto. The test is skipped (or failed with
@@ -51,12 +45,11 @@ func Start(t testing.TB, o Options) *Server {
 	t.Helper()
 	bin := testkit.Binary(t, "mosquitto")
 	dir := t.TempDir()
-	s := &Server{bin: bin, conf: filepath.Join(dir, "mosquitto.conf"), log: filepath.Join(dir, "mosquitto.log")}
+	s := &Server{bin: bin, conf: filepath.Join(dir, "mosquitto.conf"), proc: testkit.Process{Log: filepath.Join(dir, "mosquitto.log")}}
 	t.Cleanup(func() {
 		s.stop()
 		if t.Failed() {
-			b, _ := os.ReadFile(s.log)
-			t.Logf("mosquitto log (%s):\n%s", s.log, tail(b, 16<<10))
+			t.Logf("mosquitto log (%s):\n%s", s.proc.Log, s.proc.Tail(16<<10))
 		}
 	})
 
@@ -117,73 +110,17 @@ func Start(t testing.TB, o Options) *Server {
 }
 
 func (s *Server) start() error {
-	logf, err := os.OpenFile(s.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(s.bin, "-c", s.conf)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	testkit.KillWithTest(cmd)
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("start mosquitto: %w", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
-	s.mu.Lock()
-	s.cmd, s.done = cmd, done
-	s.mu.Unlock()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		if c, err := net.DialTimeout("tcp", s.Addr, time.Second); err == nil {
+	return s.proc.Start(exec.Command(s.bin, "-c", s.conf), 15*time.Second, func() bool {
+		c, err := net.DialTimeout("tcp", s.Addr, time.Second)
+		if err == nil {
 			c.Close()
-			return nil
 		}
-		select {
-		case <-done:
-			b, _ := os.ReadFile(s.log)
-			return fmt.Errorf("mosquitto exited at startup: %s", tail(b, 2048))
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("mosquitto did not listen on %s", s.Addr)
-		}
-	}
-}
-
-// Log returns what mosquitto logged so far.
-func (s *Server) Log() string {
-	b, _ := os.ReadFile(s.log)
-	return string(b)
+		return err == nil
+	})
 }
 
 // Stop stops the broker now (SIGTERM, then SIGKILL), e.g. to test what
 // clients do when it dies. The test's cleanup stops it anyway.
 func (s *Server) Stop() { s.stop() }
 
-func (s *Server) stop() {
-	s.mu.Lock()
-	cmd, done := s.cmd, s.done
-	s.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-		return
-	case <-time.After(10 * time.Second):
-	}
-	_ = cmd.Process.Kill()
-	<-done
-}
-
-func tail(b []byte, n int) []byte {
-	if len(b) > n {
-		b = b[len(b)-n:]
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			b = b[i+1:]
-		}
-	}
-	return b
-}
+func (s *Server) stop() { s.proc.Stop(10 * time.Second) }

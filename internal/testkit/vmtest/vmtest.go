@@ -8,7 +8,6 @@ package vmtest
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,8 +16,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -32,10 +29,7 @@ type Server struct {
 	URL  string
 	Addr string
 
-	log  string
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	proc testkit.Process
 }
 
 // Start runs victoria-metrics. Extra flags are appended (e.g.
@@ -45,15 +39,11 @@ func Start(t testing.TB, extra ...string) *Server {
 	t.Helper()
 	bin := testkit.Binary(t, "victoria-metrics")
 	dir := t.TempDir()
-	s := &Server{log: filepath.Join(dir, "victoria-metrics.log")}
+	s := &Server{proc: testkit.Process{Log: filepath.Join(dir, "victoria-metrics.log")}}
 	t.Cleanup(func() {
 		s.stop()
 		if t.Failed() {
-			b, _ := os.ReadFile(s.log)
-			if len(b) > 16<<10 {
-				b = b[len(b)-16<<10:]
-			}
-			t.Logf("victoria-metrics log:\n%s", b)
+			t.Logf("victoria-metrics log:\n%s", s.proc.Tail(16<<10))
 		}
 	})
 	var err error
@@ -77,48 +67,20 @@ func Start(t testing.TB, extra ...string) *Server {
 }
 
 func (s *Server) start(bin string, args []string) error {
-	logf, err := os.OpenFile(s.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
 	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Dir = filepath.Dir(s.log)
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("start victoria-metrics: %w", err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
-	s.mu.Lock()
-	s.cmd, s.done = cmd, done
-	s.mu.Unlock()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if resp, err := http.Get(s.URL + "/health"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
+	cmd.Dir = filepath.Dir(s.proc.Log)
+	return s.proc.Start(cmd, 60*time.Second, func() bool {
+		resp, err := http.Get(s.URL + "/health")
+		if err != nil {
+			return false
 		}
-		select {
-		case <-done:
-			b, _ := os.ReadFile(s.log)
-			return fmt.Errorf("victoria-metrics exited at startup: %s", b)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return errors.New("victoria-metrics did not answer /health")
-		}
-	}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
 }
 
 // PID is the process id, for tests that inspect it.
-func (s *Server) PID() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.cmd.Process.Pid
-}
+func (s *Server) PID() int { return s.proc.PID() }
 
 // Get GETs path (with its query) and returns the body, failing the test on
 // a non-200 answer.
@@ -178,18 +140,4 @@ func (s *Server) Listening(t testing.TB) []string {
 	return out
 }
 
-func (s *Server) stop() {
-	s.mu.Lock()
-	cmd, done := s.cmd, s.done
-	s.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
-}
+func (s *Server) stop() { s.proc.Stop(15 * time.Second) }
