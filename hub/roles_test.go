@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -33,120 +32,42 @@ import (
 
 const roleWait = 60 * time.Second // generous: a shared 2-core machine
 
-// workerProc is `fieldhub serve` as a child process, restartable with the
-// same config (and so the same client id and data_dir).
+// workerProc is `fieldhub serve --config` as a child process, restartable
+// with the same config (and so the same client id and data_dir).
 type workerProc struct {
-	t       *testing.T
-	name    string
-	bin     string
-	conf    string
-	dataDir string
-	log     string
-
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
-	http string
+	*hubproc.Proc
+	t    *testing.T
+	name string
 }
 
-func startWorker(t *testing.T, bin, name, confYAML string) *workerProc {
+func startWorker(t *testing.T, name, confYAML string) *workerProc {
 	t.Helper()
 	dir := t.TempDir()
-	w := &workerProc{t: t, name: name, bin: bin, conf: filepath.Join(dir, "fieldhub.yaml"),
-		dataDir: filepath.Join(dir, "data"), log: filepath.Join(dir, "fieldhub.log")}
-	conf := "data_dir: " + strconv.Quote(w.dataDir) + "\nhttp:\n  addr: \"127.0.0.1:0\"\n" + confYAML
-	if err := os.WriteFile(w.conf, []byte(conf), 0o600); err != nil {
+	dataDir, conf := filepath.Join(dir, "data"), filepath.Join(dir, "fieldhub.yaml")
+	body := "data_dir: " + strconv.Quote(dataDir) + "\nhttp:\n  addr: \"127.0.0.1:0\"\n" + confYAML
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		w.kill()
-		if t.Failed() {
-			b, _ := os.ReadFile(w.log)
-			t.Logf("%s log:\n%s", name, tailBytes(b, 12<<10))
-		}
-	})
-	w.start()
-	return w
+	return &workerProc{Proc: hubproc.StartArgs(t, dataDir, []string{"--config", conf}), t: t, name: name}
 }
 
-func (w *workerProc) start() {
-	w.t.Helper()
-	_ = os.Remove(filepath.Join(w.dataDir, RunFile))
-	logf, err := os.OpenFile(w.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	fmt.Fprintf(logf, "--- start %s\n", time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(w.bin, "serve", "--config", w.conf)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = cleanFieldhubEnv()
-	if err := cmd.Start(); err != nil {
-		w.t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
-	w.mu.Lock()
-	w.cmd, w.done = cmd, done
-	w.mu.Unlock()
-	// Up when its run file names the HTTP address and /readyz says ready
-	// (connected and subscribed).
-	testkit.Eventually(w.t, roleWait, func() bool {
-		select {
-		case <-done:
-			b, _ := os.ReadFile(w.log)
-			w.t.Fatalf("%s exited:\n%s", w.name, tailBytes(b, 8<<10))
-		default:
-		}
-		a, err := ReadRunFile(w.dataDir)
-		if err != nil || a.PID != cmd.Process.Pid {
-			return false
-		}
-		resp, err := http.Get("http://" + a.HTTP + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		w.mu.Lock()
-		w.http = a.HTTP
-		w.mu.Unlock()
-		return resp.StatusCode == http.StatusOK
-	}, w.name+" to be ready")
-}
+// start starts the worker again: same config, same client id, its session resumes.
+func (w *workerProc) start() { w.Restart() }
 
 // kill sends SIGKILL: no shutdown, unacknowledged messages stay unacknowledged.
-func (w *workerProc) kill() { w.signal(syscall.SIGKILL) }
-
-// stop sends SIGTERM: an orderly shutdown.
-func (w *workerProc) stop() { w.signal(syscall.SIGTERM) }
-
-func (w *workerProc) signal(sig syscall.Signal) {
-	w.mu.Lock()
-	cmd, done := w.cmd, w.done
-	w.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	select {
-	case <-done:
-		return
-	default:
-	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-done:
-	case <-time.After(30 * time.Second):
-		_ = cmd.Process.Kill()
-		<-done
-	}
+func (w *workerProc) kill() {
+	_ = w.Signal(syscall.SIGKILL)
+	w.Wait()
 }
+
+// stop is an orderly shutdown (SIGTERM).
+func (w *workerProc) stop() { w.Stop(30 * time.Second) }
 
 // metric reads one sample of the worker's /metrics (with its admin token).
 func (w *workerProc) metric(name, labelMatch string) float64 {
 	w.t.Helper()
-	w.mu.Lock()
-	addr := w.http
-	w.mu.Unlock()
-	tok, err := os.ReadFile(filepath.Join(w.dataDir, AdminTokenFile))
+	addr := w.Addrs().HTTP
+	tok, err := os.ReadFile(filepath.Join(w.DataDir, AdminTokenFile))
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -170,25 +91,6 @@ func (w *workerProc) metric(name, labelMatch string) float64 {
 		}
 	}
 	return 0
-}
-
-// cleanFieldhubEnv keeps FIELDHUB_* variables of the test's environment
-// out of the child's config.
-func cleanFieldhubEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, config.EnvPrefix+"_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-func tailBytes(b []byte, n int) []byte {
-	if len(b) > n {
-		return b[len(b)-n:]
-	}
-	return b
 }
 
 func workerYAML(mqttURL, clientID string, ix *influxdtest.Server) string {
@@ -303,9 +205,8 @@ func TestIngestWorkersShareMosquitto(t *testing.T) {
 	}
 	mq := mosquittotest.Start(t, mosquittotest.Options{})
 	ix := influxdtest.Start(t)
-	bin := hubproc.Build(t)
-	a := startWorker(t, bin, "worker-a", workerYAML(mq.URL, "worker-a", ix))
-	b := startWorker(t, bin, "worker-b", workerYAML(mq.URL, "worker-b", ix))
+	a := startWorker(t, "worker-a", workerYAML(mq.URL, "worker-a", ix))
+	b := startWorker(t, "worker-b", workerYAML(mq.URL, "worker-b", ix))
 	st := openInflux(t, ix)
 
 	s := &stream{devices: 10, perDevice: 300, base: time.Now().Add(-10 * time.Minute).Truncate(time.Second).UnixMilli()}

@@ -22,7 +22,7 @@ import (
 // cores. Run it with FIELDHUB_BENCH=1 (it takes minutes); it makes no
 // assertion about speed.
 func TestMeasureScaleOut(t *testing.T) {
-	dur, fieldhub, devsim := measureSetup(t, "TestMeasureScaleOut")
+	dur, _, devsim := measureSetup(t, "TestMeasureScaleOut")
 	const devices = 1000
 	ix := influxdtest.Start(t)
 	m := measureHub(t, devsim, "scaleout-embedded", devices, []string{"--store-backend", "influx", "--store-influx-url", ix.URL,
@@ -32,7 +32,7 @@ func TestMeasureScaleOut(t *testing.T) {
 		m.rep.MsgsPerSec, m.rep.MsgsPerSec*10, m.rep.Acked, m.rep.Seconds)}
 	for _, inflight := range []int{20, 1000} {
 		for _, workers := range []int{1, 2} {
-			rows = append(rows, measureWorkers(t, fieldhub, devsim, devices, dur, workers, inflight))
+			rows = append(rows, measureWorkers(t, devsim, devices, dur, workers, inflight))
 		}
 	}
 	fmt.Println("\n| setup | readings/s stored | samples/s | readings | seconds (first publish → all stored) |")
@@ -42,13 +42,13 @@ func TestMeasureScaleOut(t *testing.T) {
 	}
 }
 
-func measureWorkers(t *testing.T, fieldhub, devsim string, devices int, dur time.Duration, n, inflight int) string {
+func measureWorkers(t *testing.T, devsim string, devices int, dur time.Duration, n, inflight int) string {
 	mq := mosquittotest.Start(t, mosquittotest.Options{Extra: fmt.Sprintf("max_inflight_messages %d\nmax_connections -1\n", inflight)})
 	ix := influxdtest.Start(t)
 	ws := make([]*workerProc, n)
 	for i := range ws {
 		name := fmt.Sprintf("worker-%d", i)
-		ws[i] = startWorker(t, fieldhub, name, strings.Replace(workerYAML(mq.URL, name, ix), "level: info", "level: warn", 1))
+		ws[i] = startWorker(t, name, strings.Replace(workerYAML(mq.URL, name, ix), "level: info", "level: warn", 1))
 	}
 	rep, start := runLoad(t, devsim, "--broker", mq.URL, "--anonymous", "--closed-loop", "--devices", strconv.Itoa(devices), "--duration", dur.String())
 	acked := func() float64 {

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -87,8 +88,14 @@ type Proc struct {
 // if the test failed.
 func Start(t testing.TB, dataDir string, args ...string) *Proc {
 	t.Helper()
-	p := &Proc{DataDir: dataDir, t: t, Process: testkit.Process{Log: filepath.Join(t.TempDir(), "fieldhub.log")},
-		Args: append([]string{"--data-dir", dataDir, "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "", "--http-addr", "127.0.0.1:0"}, args...)}
+	return StartArgs(t, dataDir, append([]string{"--data-dir", dataDir, "--mqtt-addr", "127.0.0.1:0", "--mqtt-ws-addr", "", "--http-addr", "127.0.0.1:0"}, args...))
+}
+
+// StartArgs is Start with exactly args after "serve" (a --config file, say),
+// for a hub whose data_dir is dataDir.
+func StartArgs(t testing.TB, dataDir string, args []string) *Proc {
+	t.Helper()
+	p := &Proc{DataDir: dataDir, t: t, Process: testkit.Process{Log: filepath.Join(t.TempDir(), "fieldhub.log")}, Args: args}
 	t.Cleanup(func() {
 		_ = p.Signal(syscall.SIGKILL)
 		p.Wait()
@@ -107,6 +114,7 @@ func (p *Proc) Restart() {
 	bin := Build(p.t)
 	_ = os.Remove(filepath.Join(p.DataDir, "hub.json"))
 	cmd := exec.Command(bin, append([]string{"serve"}, p.Args...)...)
+	cmd.Env = childEnv()
 	err := p.Start(cmd, startTimeout, func() bool {
 		var a Addrs
 		b, err := os.ReadFile(filepath.Join(p.DataDir, "hub.json"))
@@ -133,4 +141,16 @@ func (p *Proc) Addrs() Addrs {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.addrs
+}
+
+// childEnv is the test's environment without FIELDHUB_* variables, so the
+// child is configured by its arguments alone.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "FIELDHUB_") {
+			env = append(env, kv)
+		}
+	}
+	return env
 }
