@@ -411,8 +411,13 @@ func TestDashboardMounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := "http://" + h.Addrs().HTTP
-	get := func(path, bearer string) (int, string) {
-		req, _ := http.NewRequest(http.MethodGet, base+path, nil)
+	// call sends a request with an optional bearer credential (an API token,
+	// or the broker-auth secret) and returns the status and body.
+	call := func(method, path, bearer, body string) (int, string) {
+		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
+		if body != "" {
+			req.Header.Set("Content-Type", "application/json")
+		}
 		if bearer != "" {
 			req.Header.Set("Authorization", "Bearer "+bearer)
 		}
@@ -424,6 +429,7 @@ func TestDashboardMounts(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
+	get := func(path, bearer string) (int, string) { return call(http.MethodGet, path, bearer, "") }
 	q := "/prometheus/api/v1/query?query=" + `temperature%7Bdevice%3D%22th-1%22%7D`
 	if st, _ := get(q, ""); st != http.StatusUnauthorized {
 		t.Errorf("promapi without a token: %d", st)
@@ -433,18 +439,7 @@ func TestDashboardMounts(t *testing.T) {
 	}
 
 	post := func(secret, body string) (int, string) {
-		req, _ := http.NewRequest(http.MethodPost, base+"/broker-auth/emqx/authn", strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		if secret != "" {
-			req.Header.Set("Authorization", "Bearer "+secret)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
+		return call(http.MethodPost, "/broker-auth/emqx/authn", secret, body)
 	}
 	creds := `{"clientid":"th-1","username":"th-1","password":"` + tok + `"}`
 	if st, _ := post("", creds); st != http.StatusUnauthorized {

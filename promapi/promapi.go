@@ -410,26 +410,45 @@ func limitParam(r *http.Request) (int, *apiError) {
 	return n, nil
 }
 
+// selection is what the metadata endpoints (labels, label values, series)
+// read from a request: the time range, the match[] sets and the limit, with
+// a querier over that range that the caller closes.
+type selection struct {
+	start, end int64
+	sets       [][]*labels.Matcher
+	limit      int
+	q          storage.Querier
+}
+
+func (a *API) selection(r *http.Request) (selection, *apiError) {
+	var sel selection
+	var aerr *apiError
+	if sel.start, sel.end, aerr = a.selectRange(r); aerr != nil {
+		return sel, aerr
+	}
+	if sel.sets, aerr = a.matchers(r); aerr != nil {
+		return sel, aerr
+	}
+	if sel.limit, aerr = limitParam(r); aerr != nil {
+		return sel, aerr
+	}
+	q, err := a.o.Queryable.Querier(sel.start, sel.end)
+	if err != nil {
+		return sel, &apiError{"internal", http.StatusInternalServerError, err}
+	}
+	sel.q = q
+	return sel, nil
+}
+
 // labelQuery runs fn for each matcher set (or once without), and merges
 // the sorted answers.
 func (a *API) labelQuery(r *http.Request, fn func(ctx context.Context, q storage.Querier, ms []*labels.Matcher) ([]string, annotations.Annotations, error)) (any, []string, *apiError) {
-	start, end, aerr := a.selectRange(r)
+	sel, aerr := a.selection(r)
 	if aerr != nil {
 		return nil, nil, aerr
 	}
-	sets, aerr := a.matchers(r)
-	if aerr != nil {
-		return nil, nil, aerr
-	}
-	limit, aerr := limitParam(r)
-	if aerr != nil {
-		return nil, nil, aerr
-	}
-	q, err := a.o.Queryable.Querier(start, end)
-	if err != nil {
-		return nil, nil, &apiError{"internal", http.StatusInternalServerError, err}
-	}
-	defer q.Close()
+	defer sel.q.Close()
+	q, sets, limit := sel.q, sel.sets, sel.limit
 	if len(sets) == 0 {
 		sets = [][]*labels.Matcher{nil}
 	}
@@ -480,27 +499,16 @@ func (a *API) labelValues(r *http.Request) (any, []string, *apiError) {
 }
 
 func (a *API) series(r *http.Request) (any, []string, *apiError) {
-	start, end, aerr := a.selectRange(r)
+	sel, aerr := a.selection(r)
 	if aerr != nil {
 		return nil, nil, aerr
 	}
-	sets, aerr := a.matchers(r)
-	if aerr != nil {
-		return nil, nil, aerr
-	}
+	defer sel.q.Close()
+	q, sets, limit := sel.q, sel.sets, sel.limit
 	if len(sets) == 0 {
 		return nil, nil, badData("match[]: no match[] parameter provided")
 	}
-	limit, aerr := limitParam(r)
-	if aerr != nil {
-		return nil, nil, aerr
-	}
-	q, err := a.o.Queryable.Querier(start, end)
-	if err != nil {
-		return nil, nil, &apiError{"internal", http.StatusInternalServerError, err}
-	}
-	defer q.Close()
-	hints := &storage.SelectHints{Start: start, End: end, Func: "series"} // series only, no samples
+	hints := &storage.SelectHints{Start: sel.start, End: sel.end, Func: "series"} // series only, no samples
 	var sss []storage.SeriesSet
 	for _, ms := range sets {
 		sss = append(sss, q.Select(r.Context(), true, hints, ms...))
